@@ -1,0 +1,142 @@
+"""The `bnexp` command: a thin Click layer over the library.
+
+User errors (bnexp.errors.BnexpError) become one line and exit status 2. Heavy imports
+(TensorFlow, pandas, matplotlib) happen inside the commands, so `bnexp --help` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bnexp import __version__
+from bnexp.errors import BnexpError
+
+# TensorFlow's C++ start-up chatter hides bnexp's own output; users can still set it lower.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BnexpError as exc:
+            raise UserError(str(exc)) from None
+
+
+results_option = click.option(
+    "--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default="results",
+    envvar="BNEXP_RESULTS_DIR", show_default=True, show_envvar=True, help="Where runs are stored.",
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config key by its dotted path (repeatable), e.g. --set train.epochs=1.",
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="BNEXP_DATA_DIR", show_envvar=True,
+    help="Folder holding the dataset files (mnist.npz, Fashion-MNIST IDX files, cifar-10-batches-py, CSVs). "
+         "Without it, Keras downloads the data.",
+)
+config_argument = click.argument("config", type=click.Path(path_type=Path))
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="bnexp")
+def main():
+    """Paired with/without-BatchNormalization experiments from one YAML file.
+
+    \b
+    Example:
+      bnexp plan configs/lr_sweep.yaml
+      bnexp run configs/lr_sweep.yaml --data-dir ../shared/data
+      bnexp report
+    """
+
+
+@main.command()
+@config_argument
+@set_option
+@results_option
+@data_dir_option
+def plan(config, overrides, results_dir, data_dir):
+    """Validate CONFIG and list its runs without training anything.
+
+    Prints one row per run (sweep values, arm, seed, run id, parameter counts, status) and totals.
+
+    \b
+    Example:
+      bnexp plan configs/lr_sweep.yaml --set train.epochs=1
+    """
+    from bnexp.planning import plan_table
+
+    experiment, runs = _load(config, overrides)
+    click.echo(plan_table(experiment, runs, results_dir, data_dir))
+
+
+@main.command()
+@config_argument
+@set_option
+@results_option
+@data_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary (for CI logs).")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to <run dir>/tensorboard.")
+def run(config, overrides, results_dir, data_dir, quiet, tensorboard):
+    """Train every run of CONFIG that is not complete yet.
+
+    Completed runs are skipped, so re-running the same command resumes a sweep. A diverging run
+    is recorded as `diverged`; a failing one as `failed` (exit status 1 at the end).
+
+    \b
+    Example:
+      bnexp run configs/lr_sweep.yaml --data-dir ../shared/data
+      bnexp run configs/smoke.yaml --set train.epochs=1 --quiet
+    """
+    from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sequential, run_sweep, write_experiment
+
+    experiment, runs = _load(config, overrides)
+    check_data(pending_runs(runs, results_dir), data_dir)
+    write_experiment(experiment, runs, results_dir, str(config))
+    context = RunContext(results_dir, data_dir, tensorboard=tensorboard)
+    progress = SweepProgress(quiet=quiet)
+    try:
+        summary = run_sweep(runs, context, run_sequential, progress)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    click.echo(summary.line())
+    if summary.statuses.get("failed"):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("target", required=False)
+@results_option
+def report(target, results_dir):
+    """Write tables, plots and a report page for experiments under the results folder.
+
+    TARGET is an experiment name or an experiment folder; without it every experiment is reported.
+    Each report lands in <results>/<experiment>/report/ (index.html, report.md, tables/, plots/).
+
+    \b
+    Example:
+      bnexp report lr_sweep
+    """
+    from bnexp.report import write_reports
+
+    for path in write_reports(results_dir, target):
+        click.echo(f"wrote {path}")
+
+
+def _load(config: Path, overrides):
+    from bnexp.config import load_config
+    from bnexp.sweep import expand_runs
+
+    experiment = load_config(config, list(overrides))
+    return experiment, expand_runs(experiment, str(config))

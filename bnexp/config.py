@@ -1,0 +1,398 @@
+"""Experiment configs: YAML file + --set overrides -> validated, locked pydantic models.
+
+Every section forbids unknown keys, so a typo is an error with a "did you mean" instead of
+a silently ignored setting. Errors are raised as ConfigError with one line naming the
+source (file or --set), the dotted key path, what was received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator,
+)
+
+from bnexp.errors import ConfigError
+from bnexp.presets import PRESETS
+
+# Top-level keys that describe the experiment rather than one run.
+EXPERIMENT_KEYS = ("name", "description", "seeds", "arms", "reference", "sweep")
+
+DEFAULT_ARMS = {
+    "no_bn": {"model.batch_norm.enabled": False},
+    "bn": {"model.batch_norm.enabled": True},
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(Strict):
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "csv", "npz"]
+    path: str | None = None  # the file for csv / npz
+    label_column: str | None = None  # csv only
+    feature_columns: list[str] | None = None  # csv: None = every column but the label and ignored ones
+    ignore_columns: list[str] = []
+    test_split: float = Field(0.2, gt=0, lt=1)  # csv only: a CSV has no separate test file
+    validation_split: float = Field(0.2, gt=0, lt=1)  # last fraction of the training pool, as in Keras
+    train_subset: PositiveInt | None = None  # first N training rows: smoke runs and reduced scales
+    test_subset: PositiveInt | None = None
+    scaling: Literal["unit", "standardize", "none"] | None = None  # None: unit for images, standardize for csv
+    split_seed: int = 0  # fixed across runs so every run sees the same split
+
+    @model_validator(mode="after")
+    def _needs_path(self):
+        if self.dataset in ("csv", "npz") and not self.path:
+            raise ValueError(f"path: required when dataset is '{self.dataset}'")
+        if self.dataset == "csv" and not self.label_column:
+            raise ValueError("label_column: required when dataset is 'csv'")
+        return self
+
+
+class ConvBlock(Strict):
+    filters: PositiveInt
+    kernel_size: PositiveInt = 3
+    strides: PositiveInt = 1
+    padding: Literal["valid", "same"] = "same"
+    pool: PositiveInt | None = None  # MaxPooling2D pool size after the block; None = no pooling
+
+
+class InitializerConfig(Strict):
+    name: Literal[
+        "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+        "lecun_uniform", "lecun_normal", "uniform", "normal", "truncated_normal", "orthogonal",
+    ] = "glorot_uniform"
+    minval: float = -0.05  # uniform
+    maxval: float = 0.05  # uniform
+    mean: float = 0.0  # normal, truncated_normal
+    stddev: float = Field(0.05, gt=0)  # normal, truncated_normal
+
+
+class BatchNormConfig(Strict):
+    enabled: bool = True  # the one switch that tells the arms apart
+    placement: Literal["before_activation", "after_activation"] = "before_activation"
+    after_pooling: bool = False  # E2 also normalises each pooled map
+    axis: int = -1
+    momentum: float = Field(0.99, ge=0, le=1)
+    epsilon: float = Field(0.001, gt=0)
+    center: bool = True
+    scale: bool = True
+    renorm: bool = False
+    use_bias: bool = True  # bias on the layers BN follows; BN's beta makes it redundant (E4 drops it)
+
+
+class DropoutConfig(Strict):
+    rate: float = Field(0.0, ge=0, lt=1)
+    placement: Literal["before_pooling", "after_pooling", "after_dense"] = "after_pooling"
+
+
+class ModelConfig(Strict):
+    preset: str | None = None  # name from bnexp.presets, already merged under these keys
+    conv: list[ConvBlock] = []  # empty: an MLP
+    dense: list[PositiveInt] = []  # hidden units; the softmax output layer is always added
+    activation: Literal[
+        "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "leaky_relu", "softplus", "linear",
+    ] = "relu"
+    kernel_initializer: InitializerConfig = InitializerConfig()
+    batch_norm: BatchNormConfig = BatchNormConfig()
+    dropout: DropoutConfig = DropoutConfig()
+
+    @field_validator("kernel_initializer", mode="before")
+    @classmethod
+    def _initializer_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _dropout_has_a_place(self):
+        if self.dropout.rate > 0:
+            if self.dropout.placement.endswith("pooling") and not any(b.pool for b in self.conv):
+                raise ValueError(f"dropout.placement: '{self.dropout.placement}' needs a conv block with a pool")
+            if self.dropout.placement == "after_dense" and not self.dense:
+                raise ValueError("dropout.placement: 'after_dense' needs at least one dense layer")
+        return self
+
+
+class EarlyStoppingConfig(Strict):
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    restore_best_weights: bool = True
+
+
+class TrainConfig(Strict):
+    optimizer: Literal["adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad"] = "adam"
+    learning_rate: float = Field(0.001, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd and rmsprop
+    nesterov: bool = False  # sgd
+    schedule: Literal["constant", "exponential", "inverse_time"] = "constant"
+    decay_steps: PositiveInt = 1  # exponential / inverse_time
+    decay_rate: float = Field(0.0, ge=0)  # inverse_time with decay_steps 1 is the old Keras `decay`
+    staircase: bool = False
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 10
+    steps_per_epoch: PositiveInt | None = None  # cap on batches per epoch; None = the whole training set
+    early_stopping: EarlyStoppingConfig | None = None
+    log_every_steps: PositiveInt = 50  # training-loss samples for steps-to-target analysis
+    steps_per_execution: PositiveInt = 32  # batches per compiled call: far less Python overhead at small batches
+    deterministic: bool = False  # bit-identical reruns on CPU, at some speed cost
+
+
+class RunConfig(Strict):
+    """Everything one training run depends on; its hash is the run id."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+
+
+class ExperimentConfig(Strict):
+    """The keys that describe the experiment; data/model/train are checked per run as RunConfig."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    arms: dict[str, dict[str, Any]] = DEFAULT_ARMS
+    reference: str | None = None  # the arm others are compared with; None = the first arm
+    sweep: dict[str, list[Any]] = {}
+    data: dict[str, Any]
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    # Which --set put a key into data/model/train, so run-level errors can name it.
+    _key_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds):
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, arms):
+        if not arms:
+            raise ValueError("at least one arm is needed")
+        for name in arms:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"arm name {name!r} may hold only letters, digits, '_' and '-'")
+        return arms
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_values(cls, sweep):
+        for key, values in sweep.items():
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+            if key.split(".")[0] not in ("data", "model", "train"):
+                raise ValueError(f"{key}: a swept key starts with data., model. or train.")
+        return sweep
+
+    @model_validator(mode="after")
+    def _reference_is_an_arm(self):
+        if self.reference is None:
+            self.reference = next(iter(self.arms))
+        elif self.reference not in self.arms:
+            raise ValueError(f"reference: {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
+        return self
+
+    def run_config(self, overrides: dict[str, tuple[Any, str]], seed: int, source: str) -> RunConfig:
+        """The RunConfig with dotted `overrides` ({key: (value, where it came from)}) applied."""
+        raw = {"data": copy.deepcopy(self.data), "model": copy.deepcopy(self.model), "train": copy.deepcopy(self.train)}
+        for key, (value, origin) in overrides.items():
+            set_dotted(raw, key, value, origin)
+        key_sources = self._key_sources | {key: origin for key, (_, origin) in overrides.items()}
+        raw["model"] = expand_preset(raw["model"], key_sources.get("model.preset", source))
+        raw["seed"] = seed
+        return validate(RunConfig, raw, source, key_sources)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file, apply `--set key=value` overrides and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping with keys data, model, train")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    key_sources = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value, f"--set {item}")
+        key_sources[key] = f"--set {item}"
+    raw.setdefault("name", path.stem)
+    experiment = validate(ExperimentConfig, raw, str(path), key_sources)
+    experiment._key_sources = key_sources
+    # Check the base run first so errors point at the file, not at a sweep point.
+    experiment.run_config({}, experiment.seeds[0], str(path))
+    for arm, changes in experiment.arms.items():
+        experiment.run_config({k: (v, f"{path}: arms.{arm}") for k, v in changes.items()}, experiment.seeds[0], str(path))
+    return experiment
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split `key=value` from --set; the value is read as YAML (numbers, lists, true/false)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=1")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+
+
+def set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
+    """Set `a.b.c` inside nested dicts; list items by index, as in `model.conv.0.filters`."""
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last and node.get(part) is None:
+                node[part] = {}
+        else:
+            where = ".".join(parts[:depth]) or "top level"
+            raise ConfigError(f"{source}: {key}: cannot set {part!r} inside {where}, which is {type(node).__name__}")
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
+
+
+def expand_preset(model: dict, source: str) -> dict:
+    """Merge the model's own keys over its named preset."""
+    name = model.get("preset")
+    if name is None:
+        return model
+    if name not in PRESETS:
+        raise ConfigError(
+            f"{source}: model.preset: unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}"
+            + did_you_mean(str(name), PRESETS)
+        )
+    return deep_merge(PRESETS[name], model)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: dict[str, str] = {}):
+    """Validate `raw`; an error names the --set, sweep point or arm that set the bad key, else `source`."""
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as exc:
+        keypath, message = describe_error(model_cls, exc)
+        origin = next(
+            (label for key, label in key_sources.items() if _related(keypath, key)),
+            source,
+        )
+        raise ConfigError(f"{origin}: {keypath}: {message}") from None
+
+
+def _related(a: str, b: str) -> bool:
+    """True when one dotted path is the other or lies inside it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def describe_error(model_cls: type[BaseModel], exc: ValidationError) -> tuple[str, str]:
+    """(key path, message) for the most useful error pydantic found."""
+    errors = exc.errors()
+    # A `X | None` field reports a second error against None; that one never helps.
+    error = next((e for e in errors if e["type"] != "none_required"), errors[0])
+    loc = [str(part) for part in error["loc"]]
+    kind, ctx, received = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        allowed = allowed_keys(model_cls, error["loc"][:-1])
+        hint = did_you_mean(loc[-1], allowed) or f"; allowed: {', '.join(allowed)}"
+        return ".".join(loc), f"unknown key{hint}"
+    if kind == "missing":
+        return ".".join(loc), "required key is missing"
+    if kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        field, sep, rest = message.partition(": ")
+        if sep and " " not in field:
+            loc, message = loc + [field], rest
+        return ".".join(loc) or "top level", message
+    expected = {
+        "greater_than": lambda: f"a number > {ctx['gt']}",
+        "greater_than_equal": lambda: f"a number >= {ctx['ge']}",
+        "less_than": lambda: f"a number < {ctx['lt']}",
+        "less_than_equal": lambda: f"a number <= {ctx['le']}",
+        "literal_error": lambda: f"one of {ctx['expected'].replace(chr(39), '')}",
+        "int_type": lambda: "an integer",
+        "int_parsing": lambda: "an integer",
+        "int_from_float": lambda: "an integer",
+        "float_type": lambda: "a number",
+        "float_parsing": lambda: "a number",
+        "bool_type": lambda: "true or false",
+        "bool_parsing": lambda: "true or false",
+        "string_type": lambda: "a string",
+        "string_pattern_mismatch": lambda: "letters, digits, '_', '-' and '.'",
+        "list_type": lambda: "a list",
+        "too_short": lambda: f"a list of at least {ctx.get('min_length', 1)} item(s)",
+        "dict_type": lambda: "a mapping",
+        "model_type": lambda: "a mapping",
+        "model_attributes_type": lambda: "a mapping",
+    }.get(kind)
+    what = expected() if expected else error["msg"][0].lower() + error["msg"][1:]
+    return ".".join(loc) or "top level", f"expected {what}, got {format_value(received)}"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return repr(value)
+
+
+def allowed_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found by walking `loc` from `model_cls`."""
+    node: Any = model_cls
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(node, type) and issubclass(node, BaseModel)):
+            continue
+        annotation = node.model_fields[part].annotation
+        node = _model_in(annotation)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,98 @@
+"""One model factory for every arm: `model.batch_norm.enabled` is the only BN switch."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import keras
+from keras import layers
+
+from bnexp.config import InitializerConfig, ModelConfig
+
+_INITIALIZERS = {
+    "glorot_uniform": keras.initializers.GlorotUniform,
+    "glorot_normal": keras.initializers.GlorotNormal,
+    "he_uniform": keras.initializers.HeUniform,
+    "he_normal": keras.initializers.HeNormal,
+    "lecun_uniform": keras.initializers.LecunUniform,
+    "lecun_normal": keras.initializers.LecunNormal,
+    "orthogonal": keras.initializers.Orthogonal,
+}
+
+
+def layer_seed(seed: int, layer_name: str) -> int:
+    """A seed per (run seed, layer name): a layer gets the same initial weights in every arm,
+    however many BN or dropout layers the arm adds before it."""
+    digest = hashlib.sha256(f"{seed}:{layer_name}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def make_initializer(config: InitializerConfig, seed: int):
+    if config.name == "uniform":
+        return keras.initializers.RandomUniform(config.minval, config.maxval, seed=seed)
+    if config.name == "normal":
+        return keras.initializers.RandomNormal(config.mean, config.stddev, seed=seed)
+    if config.name == "truncated_normal":
+        return keras.initializers.TruncatedNormal(config.mean, config.stddev, seed=seed)
+    return _INITIALIZERS[config.name](seed=seed)
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
+    """The functional model described by `config`; compile and fit stay with the caller.
+
+    Layer names are fixed (conv_0, dense_1, output, ...) so arms can be compared layer by layer.
+    """
+    bn, dropout = config.batch_norm, config.dropout
+
+    def transform(x, layer_cls, name, **kwargs):
+        """layer -> [BN] -> activation -> [BN], the BN placement taken from the config."""
+        use_bias = not (bn.enabled and not bn.use_bias)
+        init = make_initializer(config.kernel_initializer, layer_seed(seed, name))
+        x = layer_cls(use_bias=use_bias, kernel_initializer=init, name=name, **kwargs)(x)
+        if bn.enabled and bn.placement == "before_activation":
+            x = normalize(x, f"{name}_bn")
+        x = layers.Activation(config.activation, name=f"{name}_act")(x)
+        if bn.enabled and bn.placement == "after_activation":
+            x = normalize(x, f"{name}_bn")
+        return x
+
+    def normalize(x, name):
+        return layers.BatchNormalization(
+            axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon,
+            center=bn.center, scale=bn.scale, renorm=bn.renorm, name=name,
+        )(x)
+
+    def drop(x, name):
+        return layers.Dropout(dropout.rate, seed=layer_seed(seed, name), name=name)(x)
+
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    for i, block in enumerate(config.conv):
+        x = transform(x, layers.Conv2D, f"conv_{i}", filters=block.filters, kernel_size=block.kernel_size,
+                      strides=block.strides, padding=block.padding)
+        if block.pool:
+            if dropout.rate and dropout.placement == "before_pooling":
+                x = drop(x, f"dropout_{i}")
+            x = layers.MaxPooling2D(block.pool, name=f"pool_{i}")(x)
+            if bn.enabled and bn.after_pooling:
+                x = normalize(x, f"pool_{i}_bn")
+            if dropout.rate and dropout.placement == "after_pooling":
+                x = drop(x, f"dropout_{i}")
+    if len(x.shape) > 2:
+        x = layers.Flatten(name="flatten")(x)
+    for j, units in enumerate(config.dense):
+        x = transform(x, layers.Dense, f"dense_{j}", units=units)
+        if dropout.rate and dropout.placement == "after_dense":
+            x = drop(x, f"dense_{j}_dropout")
+    init = make_initializer(config.kernel_initializer, layer_seed(seed, "output"))
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=init, name="output")(x)
+    return keras.Model(inputs, outputs, name="bn" if bn.enabled else "no_bn")
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts."""
+    return (
+        sum(math.prod(w.shape) for w in model.trainable_weights),
+        sum(math.prod(w.shape) for w in model.non_trainable_weights),
+    )

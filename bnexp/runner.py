@@ -1,0 +1,153 @@
+"""Run a sweep: skip completed runs, train the others through an executor, show progress.
+
+An executor is a function `(runs, context) -> iterator of (RunSpec, result record)`; it may
+train in this process, in worker processes or on a cluster, and yields each run as it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bnexp import RESULTS_FORMAT, __version__
+from bnexp.config import ExperimentConfig
+from bnexp.store import EXPERIMENT, is_complete, write_json
+from bnexp.sweep import RunSpec
+
+
+@dataclass
+class RunContext:
+    """What every run of a sweep shares, whichever executor trains it."""
+
+    results_dir: Path
+    data_dir: Path | None
+    tensorboard: bool = False
+    on_epoch: Callable[[RunSpec, dict], None] | None = None
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.results_dir / spec.experiment / spec.run_id
+
+
+Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
+
+
+def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
+    """Train the runs one after another in this process."""
+    from bnexp.train import train_run
+
+    for spec in runs:
+        yield spec, train_run(spec, context.run_dir(spec), context.data_dir,
+                              tensorboard=context.tensorboard, on_epoch=context.on_epoch)
+
+
+def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
+    """The runs without a final record (never started, interrupted or failed)."""
+    return [spec for spec in runs if not is_complete(results_dir / spec.experiment / spec.run_id)]
+
+
+def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
+    """Load each distinct dataset once, so missing or corrupt data stops the sweep before any training."""
+    from bnexp.config import DataConfig
+    from bnexp.data import load_dataset
+
+    for data in {json.dumps(spec.config["data"], sort_keys=True): spec.config["data"] for spec in runs}.values():
+        load_dataset(DataConfig.model_validate(data), data_dir)
+
+
+def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, config_file: str) -> None:
+    write_json(results_dir / experiment.name / EXPERIMENT, {
+        "format": RESULTS_FORMAT,
+        "bnexp_version": __version__,
+        "experiment": experiment.name,
+        "description": experiment.description,
+        "config_file": config_file,
+        "sweep_keys": list(experiment.sweep),
+        "arms": list(experiment.arms),
+        "reference_arm": experiment.reference,
+        "seeds": experiment.seeds,
+        "run_ids": [spec.run_id for spec in runs],
+    })
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    skipped: int
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def left(self) -> int:
+        return self.total - self.skipped - sum(self.statuses.values())
+
+    def line(self) -> str:
+        done = ", ".join(f"{n} {status}" for status, n in sorted(self.statuses.items())) or "none trained"
+        return (f"{self.total} runs: {done}; {self.skipped} already complete (skipped); "
+                f"{self.left} left")
+
+
+def run_sweep(runs: list[RunSpec], context: RunContext, executor: Executor, progress: "SweepProgress") -> SweepSummary:
+    """Train every pending run; stops early only on KeyboardInterrupt (the summary so far is kept)."""
+    todo = pending_runs(runs, context.results_dir)
+    summary = SweepSummary(total=len(runs), skipped=len(runs) - len(todo))
+    context.on_epoch = progress.epoch_done
+    with progress.start(len(todo)):
+        for spec, result in executor(todo, context):
+            summary.statuses[result["status"]] += 1
+            progress.run_done(spec, result)
+    return summary
+
+
+class SweepProgress:
+    """Runs done/total with ETA and the current run's last epoch; one plain line per run when the
+    output is not a terminal (CI logs); only the summary with `quiet`."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.live = not quiet and sys.stderr.isatty()
+        self._bar = None
+
+    def start(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+        if not self.live:
+            return contextlib.nullcontext()
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._bar = Progress(
+            TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+            transient=False,
+        )
+        self._task = self._bar.add_task("sweep", total=total, current="")
+        return self._bar
+
+    def epoch_done(self, spec: RunSpec, record: dict) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, current=f"{spec.run_id} epoch {record['epoch']}: {_metrics(record)}")
+
+    def run_done(self, spec: RunSpec, result: dict) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1)
+        elif not self.quiet:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / self.done * (self.total - self.done)
+            outcome = (f"test error {result['test_error']:.4f}" if result["status"] == "completed"
+                       else result.get("error") or f"epoch {result.get('diverged_epoch')}")
+            print(f"[{self.done}/{self.total}] {spec.run_id} {_point(spec)} {result['status']}: {outcome} "
+                  f"({result['wall_seconds']:.1f}s, ETA {eta:.0f}s)", flush=True)
+
+
+def _metrics(record: dict) -> str:
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    return " ".join(f"{k} {record[k]:.4f}" for k in keys if record.get(k) is not None)
+
+
+def _point(spec: RunSpec) -> str:
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in spec.point.items())

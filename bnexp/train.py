@@ -1,0 +1,241 @@
+"""Train one run and record it: spec.json, history.jsonl after every epoch, result.json at the end.
+
+The training code uses only Keras 3 APIs (no `tf.*`), so it runs on any Keras backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from bnexp.config import RunConfig, TrainConfig
+from bnexp.data import load_dataset
+from bnexp.models import build_model, count_params
+from bnexp.store import HISTORY, RESULT, SPEC, write_history, write_json
+from bnexp.sweep import RunSpec
+
+
+def train_run(
+    spec: RunSpec,
+    run_dir: Path,
+    data_dir: Path | None,
+    *,
+    tensorboard: bool = False,
+    on_epoch: Callable[[RunSpec, dict], None] | None = None,
+) -> dict:
+    """Train `spec`, writing its files into `run_dir`; returns the result record.
+
+    A NaN/inf loss ends the run as `diverged`; an exception ends it as `failed` with its
+    message. Neither is raised: a sweep goes on past them. KeyboardInterrupt is raised.
+    """
+    started, started_at = time.perf_counter(), _now()
+    write_json(run_dir / SPEC, spec.record())
+    history: list[dict] = []
+    result = {"status": "failed", "epochs_run": 0, "diverged_epoch": None, "error": None,
+              "test_loss": None, "test_accuracy": None, "test_error": None,
+              "trainable_params": None, "non_trainable_params": None}
+    try:
+        _fit(RunConfig.model_validate(spec.config), run_dir, data_dir, history, result, tensorboard,
+             lambda record: on_epoch(spec, record) if on_epoch else None)
+    except Exception as exc:  # the run failed; the sweep goes on and the message is kept
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    result.update(
+        epochs_run=len(history),
+        wall_seconds=round(time.perf_counter() - started, 3),
+        started_at=started_at,
+        finished_at=_now(),
+        environment=environment(),
+    )
+    write_json(run_dir / RESULT, result)
+    return result
+
+
+def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict, tensorboard: bool, on_epoch):
+    train = config.train
+    # Each run compiles a new model, which TensorFlow would report as "excessive retracing".
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if train.deterministic:
+        enable_determinism()
+    keras.utils.set_random_seed(config.seed)
+    data = load_dataset(config.data, data_dir)
+    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+    model.compile(
+        optimizer=make_optimizer(train),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=train.steps_per_execution,
+    )
+    result["trainable_params"], result["non_trainable_params"] = count_params(model)
+
+    n = len(data.x_train)
+    batches = math.ceil(n / train.batch_size)
+    if train.steps_per_epoch:
+        batches = min(batches, train.steps_per_epoch)
+    used = min(n, batches * train.batch_size)
+    step_log = StepLossLog(train.log_every_steps)
+    callbacks = [step_log, keras.callbacks.TerminateOnNaN()]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    stopper = EarlyStopper(train) if train.early_stopping else None
+
+    for epoch in range(train.epochs):
+        order = epoch_order(config.seed, epoch, n)[:used]
+        step_log.start(int(model.optimizer.iterations))
+        tic = time.perf_counter()
+        fit = model.fit(
+            data.x_train[order], data.y_train[order],
+            batch_size=train.batch_size, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+            validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=0,
+        )
+        logs = {key: float(values[-1]) for key, values in fit.history.items()}
+        record = {
+            "epoch": epoch + 1,
+            "step": int(model.optimizer.iterations),
+            **{key: logs.get(key) for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+            "epoch_seconds": round(time.perf_counter() - tic, 4),
+            "step_losses": step_log.samples,
+        }
+        history.append(record)
+        write_history(run_dir / HISTORY, history)
+        on_epoch(record)
+        if not math.isfinite(record["loss"]):
+            result.update(status="diverged", diverged_epoch=epoch + 1)
+            return
+        if stopper and stopper.should_stop(record, model):
+            break
+
+    if stopper:
+        stopper.restore(model)
+    test = model.evaluate(data.x_test, data.y_test, batch_size=max(train.batch_size, 256), verbose=0,
+                          return_dict=True)
+    result.update(status="completed", test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
+                  test_error=1.0 - float(test["accuracy"]))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of training examples in an epoch: a function of (seed, epoch) only, so every arm of
+    a pair sees the same batches, and a resumed run the same ones it would have seen."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    schedules = keras.optimizers.schedules
+    learning_rate = {
+        "constant": lambda: train.learning_rate,
+        "exponential": lambda: schedules.ExponentialDecay(
+            train.learning_rate, train.decay_steps, train.decay_rate, staircase=train.staircase),
+        # lr / (1 + rate * step / decay_steps): the old Keras `decay` argument is decay_steps=1.
+        "inverse_time": lambda: schedules.InverseTimeDecay(
+            train.learning_rate, train.decay_steps, train.decay_rate, staircase=train.staircase),
+    }[train.schedule]()
+    optimizers = keras.optimizers
+    return {
+        "adam": lambda: optimizers.Adam(learning_rate),
+        "adamw": lambda: optimizers.AdamW(learning_rate),
+        "nadam": lambda: optimizers.Nadam(learning_rate),
+        "adagrad": lambda: optimizers.Adagrad(learning_rate),
+        "rmsprop": lambda: optimizers.RMSprop(learning_rate, momentum=train.momentum),
+        "sgd": lambda: optimizers.SGD(learning_rate, momentum=train.momentum, nesterov=train.nesterov),
+    }[train.optimizer]()
+
+
+class StepLossLog(keras.callbacks.Callback):
+    """Samples the training loss every `every` optimizer steps, for steps-to-target analysis.
+
+    With steps_per_execution > 1 Keras calls back once per execution (and its batch index can run
+    past the epoch's end), so the step is read from the optimizer and samples fall on the first
+    callback at or past each multiple of `every`."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every = every
+        self.samples: list[list[float]] = []
+        self.next_step = every
+
+    def start(self, step: int) -> None:
+        self.samples = []
+        self.next_step = (step // self.every + 1) * self.every
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        if step >= self.next_step and logs and "loss" in logs:
+            self.samples.append([step, float(logs["loss"])])
+            self.next_step = (step // self.every + 1) * self.every
+
+
+@dataclass
+class EarlyStopper:
+    """Early stopping across our per-epoch fit calls (Keras' callback resets at every fit)."""
+
+    train: TrainConfig
+    best: float = math.nan
+    best_weights: list | None = None
+    wait: int = 0
+    _sign: float = field(init=False)
+
+    def __post_init__(self):
+        # Lower is better for losses, higher for accuracies.
+        self._sign = 1.0 if "loss" in self.train.early_stopping.monitor else -1.0
+
+    def should_stop(self, record: dict, model: keras.Model) -> bool:
+        rule = self.train.early_stopping
+        value = record.get(rule.monitor)
+        if value is None:
+            raise ValueError(f"early_stopping.monitor {rule.monitor!r} is not in the history")
+        if math.isnan(self.best) or self._sign * (value - self.best) < -rule.min_delta:
+            self.best, self.wait = value, 0
+            if rule.restore_best_weights:
+                self.best_weights = model.get_weights()
+            return False
+        self.wait += 1
+        return self.wait > rule.patience
+
+    def restore(self, model: keras.Model) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+
+def enable_determinism() -> None:
+    """Bit-identical reruns: deterministic kernels where the backend offers a switch."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def environment() -> dict:
+    """Versions, device and host the run trained on."""
+    backend = keras.backend.backend()
+    env = {"python": platform.python_version(), "keras": keras.__version__, "backend": backend,
+           "numpy": np.__version__, "device": "cpu", "host": socket.gethostname(), "platform": platform.platform()}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        env["tensorflow"] = tf.__version__
+        env["device"] = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    elif backend == "jax":
+        import jax
+
+        env["jax"], env["device"] = jax.__version__, jax.devices()[0].platform
+    elif backend == "torch":
+        import torch
+
+        env["torch"], env["device"] = torch.__version__, "gpu" if torch.cuda.is_available() else "cpu"
+    env["cpu_count"] = os.cpu_count()
+    return env
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
