@@ -37,13 +37,19 @@ class RunContext:
 Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
 
 
-def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
-    """Train the runs one after another in this process."""
+def train_one(spec: RunSpec, context: RunContext) -> dict:
+    """Train one run into its folder: the one function every executor calls for a run that
+    trains where its results are stored."""
     from bnexp.train import train_run
 
+    return train_run(spec, context.run_dir(spec), context.data_dir,
+                     tensorboard=context.tensorboard, on_epoch=context.on_epoch)
+
+
+def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
+    """Train the runs one after another in this process."""
     for spec in runs:
-        yield spec, train_run(spec, context.run_dir(spec), context.data_dir,
-                              tensorboard=context.tensorboard, on_epoch=context.on_epoch)
+        yield spec, train_one(spec, context)
 
 
 def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
