@@ -5,30 +5,45 @@ Imports nothing heavy, so `bnexp status` and `bnexp report` stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from bnexp import RESULTS_FORMAT, __version__
+from bnexp.errors import ResultsError
 
 SPEC, HISTORY, RESULT, CHECKPOINT = "spec.json", "history.jsonl", "result.json", "checkpoint.keras"
-EXPERIMENT = "experiment.json"
+EXPERIMENT, LOCK = "experiment.json", "run.lock"
 FINAL_STATUSES = ("completed", "diverged")  # a failed run is retried by the next `bnexp run`
+
+
+class RunLocked(Exception):
+    """Another process holds the run's lock: it is training that run now."""
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write `path` so readers see the old file or the new one, never a mix: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # e.g. a full disk: the old file is still whole
+            raise ResultsError(f"{path}: cannot write ({exc.strerror or exc}); the previous version is kept") from None
         raise
 
 
@@ -57,15 +72,80 @@ def read_history(path: Path) -> list[dict]:
 
 
 def run_status(run_dir: Path) -> str:
-    """completed, diverged or failed (from result.json), running/interrupted (spec only) or pending."""
+    """completed or diverged (from result.json); running (another process holds its lock); failed
+    (from result.json); incomplete (started, then interrupted); or pending (never started)."""
     result = read_json(run_dir / RESULT)
-    if isinstance(result, dict) and "status" in result:
-        return result["status"]
-    return "incomplete" if (run_dir / SPEC).exists() else "pending"
+    status = result.get("status") if isinstance(result, dict) else None
+    if status in FINAL_STATUSES:
+        return status
+    if is_locked(run_dir):
+        return "running"
+    return status or ("incomplete" if (run_dir / SPEC).exists() else "pending")
 
 
 def is_complete(run_dir: Path) -> bool:
-    return run_status(run_dir) in FINAL_STATUSES
+    result = read_json(run_dir / RESULT)
+    return isinstance(result, dict) and result.get("status") in FINAL_STATUSES
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock while training it; raises RunLocked at once when another process holds it.
+
+    The lock is an OS file lock (flock), which the OS drops when its process dies: a killed run
+    leaves the lock file behind but never a lock that blocks the next `bnexp run`.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLocked(str(run_dir)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while some process trains the run (holds its lock)."""
+    if not (run_dir / LOCK).exists():
+        return False
+    try:
+        with run_lock(run_dir):
+            return False
+    except RunLocked:
+        return True
+    except OSError:  # a read-only results folder: nobody can be training there
+        return False
+
+
+def check_results_dir(results_dir: Path, experiment: str, run_ids: list[str]) -> None:
+    """Raise ResultsError unless the experiment's folder is writable and holds only this results format."""
+    folder = results_dir / experiment
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise ResultsError(f"{folder}: results folder is not writable ({exc.strerror or exc}); "
+                           "pass another one with --results") from None
+    check_format(folder / EXPERIMENT)
+    for run_id in run_ids:
+        check_format(folder / run_id / SPEC)
+
+
+def check_format(path: Path) -> None:
+    """Raise ResultsError when `path` exists but was written in another results format."""
+    if not path.exists():
+        return
+    record = read_json(path)
+    found = record.get("format") if isinstance(record, dict) else None
+    if found != RESULTS_FORMAT:
+        version = record.get("bnexp_version", "unknown") if isinstance(record, dict) else "unknown"
+        raise ResultsError(
+            f"{path}: written in results format {found} (bnexp {version}); this bnexp {__version__} reads "
+            f"format {RESULTS_FORMAT}; use another --results folder or that bnexp version (nothing was changed)"
+        )
 
 
 def _finite(obj: Any) -> Any:
