@@ -1,3 +1,3 @@
 from bnexp.cli import main
 
-main()
+main(prog_name="bnexp")

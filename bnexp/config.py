@@ -346,10 +346,10 @@ def describe_error(model_cls: type[BaseModel], exc: ValidationError) -> tuple[st
             loc, message = loc + [field], rest
         return ".".join(loc) or "top level", message
     expected = {
-        "greater_than": lambda: f"a number > {ctx['gt']}",
-        "greater_than_equal": lambda: f"a number >= {ctx['ge']}",
-        "less_than": lambda: f"a number < {ctx['lt']}",
-        "less_than_equal": lambda: f"a number <= {ctx['le']}",
+        "greater_than": lambda: f"a number > {ctx['gt']:g}",
+        "greater_than_equal": lambda: f"a number >= {ctx['ge']:g}",
+        "less_than": lambda: f"a number < {ctx['lt']:g}",
+        "less_than_equal": lambda: f"a number <= {ctx['le']:g}",
         "literal_error": lambda: f"one of {ctx['expected'].replace(chr(39), '')}",
         "int_type": lambda: "an integer",
         "int_parsing": lambda: "an integer",

@@ -200,7 +200,7 @@ class EarlyStopper:
                 self.best_weights = model.get_weights()
             return False
         self.wait += 1
-        return self.wait > rule.patience
+        return self.wait >= rule.patience  # as Keras: stop after `patience` epochs without a new best
 
     def restore(self, model: keras.Model) -> None:
         if self.best_weights is not None:

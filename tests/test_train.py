@@ -1,0 +1,84 @@
+"""The training loop: identical data order across arms, step-loss samples, early stopping."""
+
+import keras
+import numpy as np
+import pytest
+
+from bnexp.config import EarlyStoppingConfig, TrainConfig, load_config
+from bnexp.sweep import expand_runs
+from bnexp.train import EarlyStopper, epoch_order, train_run
+
+
+def test_both_arms_see_the_same_batches_in_the_same_order(write_config, tmp_path, monkeypatch):
+    seen = {}
+    real_fit = keras.Model.fit
+
+    def recording_fit(self, x, y, **kwargs):
+        seen.setdefault(self.name, []).append(np.array(y))
+        return real_fit(self, x, y, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    path = write_config({"train.epochs": 2})
+    no_bn, bn = expand_runs(load_config(path), str(path))
+    for spec in (no_bn, bn):
+        train_run(spec, tmp_path / spec.run_id, None)
+    assert len(seen["no_bn"]) == len(seen["bn"]) == 2
+    for a, b in zip(seen["no_bn"], seen["bn"]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(seen["bn"][0], seen["bn"][1])  # reshuffled every epoch
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    np.testing.assert_array_equal(epoch_order(3, 1, 50), epoch_order(3, 1, 50))
+    assert sorted(epoch_order(3, 1, 50)) == list(range(50))
+    assert not np.array_equal(epoch_order(3, 1, 50), epoch_order(3, 2, 50))
+    assert not np.array_equal(epoch_order(3, 1, 50), epoch_order(4, 1, 50))
+
+
+def test_step_losses_are_sampled_every_n_steps(write_config, tmp_path):
+    path = write_config({"train.epochs": 2, "train.log_every_steps": 2, "train.steps_per_execution": 1})
+    spec = expand_runs(load_config(path), str(path))[0]
+    train_run(spec, tmp_path / "run", None)
+    import json
+
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [5, 10]
+    assert [s for s, _ in history[0]["step_losses"]] == [2, 4]
+    assert [s for s, _ in history[1]["step_losses"]] == [6, 8, 10]
+
+
+def test_steps_per_epoch_caps_the_epoch(write_config, tmp_path):
+    path = write_config({"train.steps_per_epoch": 2})
+    spec = expand_runs(load_config(path), str(path))[0]
+    train_run(spec, tmp_path / "run", None)
+    assert '"step": 2' in (tmp_path / "run" / "history.jsonl").read_text()
+
+
+class FakeModel:
+    def __init__(self):
+        self.weights = 0
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+
+@pytest.mark.parametrize(
+    "monitor, values, stops_after, best",
+    [
+        ("val_loss", [1.0, 0.8, 0.9, 0.85, 0.7], 4, 0.8),  # patience 2: two epochs without a new best
+        ("val_accuracy", [0.5, 0.6, 0.6, 0.55], 4, 0.6),
+    ],
+)
+def test_early_stopping_waits_patience_epochs_and_restores_the_best(monitor, values, stops_after, best):
+    train = TrainConfig(early_stopping=EarlyStoppingConfig(monitor=monitor, patience=2))
+    stopper, model = EarlyStopper(train), FakeModel()
+    for epoch, value in enumerate(values, start=1):
+        model.weights = value
+        if stopper.should_stop({monitor: value}, model):
+            break
+    assert epoch == stops_after
+    stopper.restore(model)
+    assert model.weights == best
