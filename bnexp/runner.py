@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from bnexp import RESULTS_FORMAT, __version__
 from bnexp.config import ExperimentConfig
-from bnexp.store import EXPERIMENT, is_complete, write_json
+from bnexp.store import EXPERIMENT, RunLocked, is_complete, run_lock, write_json
 from bnexp.sweep import RunSpec
 
 
@@ -37,13 +37,32 @@ class RunContext:
 Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
 
 
+# Records for runs this process did not train; never written to disk.
+NOT_TRAINED = {
+    "running": "another bnexp process is training it",
+    "skipped": "another bnexp process completed it",
+}
+
+
 def train_one(spec: RunSpec, context: RunContext) -> dict:
     """Train one run into its folder: the one function every executor calls for a run that
-    trains where its results are stored."""
+    trains where its results are stored.
+
+    Holding the run's lock while training is what lets several `bnexp run` share a results folder:
+    a run locked by another process, or completed by one since this sweep was planned, is not
+    trained again; its record says so (status `running` or `skipped`, see NOT_TRAINED).
+    """
     from bnexp.train import train_run
 
-    return train_run(spec, context.run_dir(spec), context.data_dir,
-                     tensorboard=context.tensorboard, on_epoch=context.on_epoch)
+    run_dir = context.run_dir(spec)
+    try:
+        with run_lock(run_dir):
+            if is_complete(run_dir):
+                return {"status": "skipped"}
+            return train_run(spec, run_dir, context.data_dir,
+                             tensorboard=context.tensorboard, on_epoch=context.on_epoch)
+    except RunLocked:
+        return {"status": "running"}
 
 
 def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
@@ -84,28 +103,46 @@ def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_
 @dataclass
 class SweepSummary:
     total: int
-    skipped: int
-    statuses: Counter = field(default_factory=Counter)
+    skipped: int  # complete before this sweep, or completed meanwhile by another process
+    statuses: Counter = field(default_factory=Counter)  # of the runs this process trained
+    elsewhere: int = 0  # being trained by another process when their turn came
+    interrupted: bool = False
 
     @property
     def left(self) -> int:
-        return self.total - self.skipped - sum(self.statuses.values())
+        return self.total - self.skipped - self.elsewhere - sum(self.statuses.values())
+
+    def add(self, result: dict) -> None:
+        if result["status"] == "skipped":
+            self.skipped += 1
+        elif result["status"] == "running":
+            self.elsewhere += 1
+        else:
+            self.statuses[result["status"]] += 1
 
     def line(self) -> str:
         done = ", ".join(f"{n} {status}" for status, n in sorted(self.statuses.items())) or "none trained"
-        return (f"{self.total} runs: {done}; {self.skipped} already complete (skipped); "
-                f"{self.left} left")
+        elsewhere = f"{self.elsewhere} running in another bnexp process; " if self.elsewhere else ""
+        line = (f"{self.total} runs: {done}; {self.skipped} already complete (skipped); "
+                f"{elsewhere}{self.left} left")
+        if self.interrupted:
+            line = f"interrupted: {line} (run the same command again to resume)"
+        return line
 
 
 def run_sweep(runs: list[RunSpec], context: RunContext, executor: Executor, progress: "SweepProgress") -> SweepSummary:
-    """Train every pending run; stops early only on KeyboardInterrupt (the summary so far is kept)."""
+    """Train every pending run; stops early only on KeyboardInterrupt, returning the summary so far
+    with `interrupted` set (an interrupted run resumes from its last finished epoch next time)."""
     todo = pending_runs(runs, context.results_dir)
     summary = SweepSummary(total=len(runs), skipped=len(runs) - len(todo))
     context.on_epoch = progress.epoch_done
     with progress.start(len(todo)):
-        for spec, result in executor(todo, context):
-            summary.statuses[result["status"]] += 1
-            progress.run_done(spec, result)
+        try:
+            for spec, result in executor(todo, context):
+                summary.add(result)
+                progress.run_done(spec, result)
+        except KeyboardInterrupt:
+            summary.interrupted = True
     return summary
 
 
@@ -141,6 +178,9 @@ class SweepProgress:
         self.done += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=1)
+        elif not self.quiet and result["status"] in NOT_TRAINED:
+            print(f"[{self.done}/{self.total}] {spec.run_id} {_point(spec)} not trained here: "
+                  f"{NOT_TRAINED[result['status']]}", flush=True)
         elif not self.quiet:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / self.done * (self.total - self.done)
