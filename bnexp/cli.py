@@ -87,7 +87,9 @@ def plan(config, overrides, results_dir, data_dir):
 @data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary (for CI logs).")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to <run dir>/tensorboard.")
-def run(config, overrides, results_dir, data_dir, quiet, tensorboard):
+@click.option("--deterministic", is_flag=True,
+              help="Bit-identical reruns on CPU (same as --set train.deterministic=true; gives new run ids).")
+def run(config, overrides, results_dir, data_dir, quiet, tensorboard, deterministic):
     """Train every run of CONFIG that is not complete yet.
 
     Completed runs are skipped, so re-running the same command resumes a sweep. A diverging run
@@ -99,18 +101,18 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard):
       bnexp run configs/smoke.yaml --set train.epochs=1 --quiet
     """
     from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sequential, run_sweep, write_experiment
+    from bnexp.store import check_results_dir
 
-    experiment, runs = _load(config, overrides)
+    experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])])
     check_data(pending_runs(runs, results_dir), data_dir)
+    check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])
     write_experiment(experiment, runs, results_dir, str(config))
     context = RunContext(results_dir, data_dir, tensorboard=tensorboard)
     progress = SweepProgress(quiet=quiet)
-    try:
-        summary = run_sweep(runs, context, run_sequential, progress)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted", err=True)
-        sys.exit(130)
+    summary = run_sweep(runs, context, run_sequential, progress)
     click.echo(summary.line())
+    if summary.interrupted:
+        sys.exit(130)
     if summary.statuses.get("failed"):
         sys.exit(1)
 
