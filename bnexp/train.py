@@ -5,12 +5,16 @@ The training code uses only Keras 3 APIs (no `tf.*`), so it runs on any Keras ba
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 import os
 import platform
 import socket
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +26,8 @@ import numpy as np
 from bnexp.config import RunConfig, TrainConfig
 from bnexp.data import load_dataset
 from bnexp.models import build_model, count_params
-from bnexp.store import HISTORY, RESULT, SPEC, write_history, write_json
+from bnexp.errors import ResultsError
+from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, read_history, read_json, write_atomic, write_history, write_json
 from bnexp.sweep import RunSpec
 
 
@@ -37,17 +42,24 @@ def train_run(
     """Train `spec`, writing its files into `run_dir`; returns the result record.
 
     A NaN/inf loss ends the run as `diverged`; an exception ends it as `failed` with its
-    message. Neither is raised: a sweep goes on past them. KeyboardInterrupt is raised.
+    message. Neither is raised: a sweep goes on past them. KeyboardInterrupt and ResultsError
+    (the results folder cannot be written) are raised, leaving the run to resume from its last
+    checkpoint. The caller holds the run's lock (bnexp.runner.train_one).
     """
     started, started_at = time.perf_counter(), _now()
+    previous = read_json(run_dir / SPEC)
+    if not (isinstance(previous, dict) and previous.get("config") == spec.config):
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # not this run's: never resume from it
     write_json(run_dir / SPEC, spec.record())
     history: list[dict] = []
     result = {"status": "failed", "epochs_run": 0, "diverged_epoch": None, "error": None,
               "test_loss": None, "test_accuracy": None, "test_error": None,
-              "trainable_params": None, "non_trainable_params": None}
+              "trainable_params": None, "non_trainable_params": None, "resumed_from_epoch": None}
     try:
         _fit(RunConfig.model_validate(spec.config), run_dir, data_dir, history, result, tensorboard,
              lambda record: on_epoch(spec, record) if on_epoch else None)
+    except ResultsError:
+        raise
     except Exception as exc:  # the run failed; the sweep goes on and the message is kept
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result.update(
@@ -58,6 +70,7 @@ def train_run(
         environment=environment(),
     )
     write_json(run_dir / RESULT, result)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
@@ -69,13 +82,19 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
         enable_determinism()
     keras.utils.set_random_seed(config.seed)
     data = load_dataset(config.data, data_dir)
-    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
-    model.compile(
-        optimizer=make_optimizer(train),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=train.steps_per_execution,
-    )
+    stopper = EarlyStopper(train) if train.early_stopping else None
+    checkpoint = Checkpoint(run_dir)
+    model = checkpoint.restore(history, stopper)
+    if model is None:
+        model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+        model.compile(
+            optimizer=make_optimizer(train),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=train.steps_per_execution,
+        )
+    else:
+        result["resumed_from_epoch"] = len(history)
     result["trainable_params"], result["non_trainable_params"] = count_params(model)
 
     n = len(data.x_train)
@@ -87,9 +106,8 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
     callbacks = [step_log, keras.callbacks.TerminateOnNaN()]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    stopper = EarlyStopper(train) if train.early_stopping else None
 
-    for epoch in range(train.epochs):
+    for epoch in range(len(history), train.epochs):
         order = epoch_order(config.seed, epoch, n)[:used]
         step_log.start(int(model.optimizer.iterations))
         tic = time.perf_counter()
@@ -115,6 +133,7 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
             return
         if stopper and stopper.should_stop(record, model):
             break
+        checkpoint.save(model, len(history), stopper)
 
     if stopper:
         stopper.restore(model)
@@ -205,6 +224,57 @@ class EarlyStopper:
     def restore(self, model: keras.Model) -> None:
         if self.best_weights is not None:
             model.set_weights(self.best_weights)
+
+
+class Checkpoint:
+    """The model with its optimizer state, plus the loop's own state, after the last finished epoch.
+
+    One file (a Keras archive with bnexp's state added) replaced atomically, so the model, the
+    epoch and the early-stopping state can never disagree. Saved after history.jsonl: a run killed
+    in between has one epoch too many in its history, which restore() drops and trains again.
+    """
+
+    STATE, BEST = "bnexp_state.json", "bnexp_best_weights.npz"  # entries bnexp adds to the archive
+
+    def __init__(self, run_dir: Path):
+        self.path, self.history_path = run_dir / CHECKPOINT, run_dir / HISTORY
+
+    def save(self, model: keras.Model, epoch: int, stopper: EarlyStopper | None) -> None:
+        with tempfile.TemporaryDirectory(prefix="bnexp-") as scratch:
+            path = Path(scratch) / CHECKPOINT
+            model.save(path)
+            with zipfile.ZipFile(path, "a") as archive:
+                archive.writestr(self.STATE, json.dumps(
+                    {"epoch": epoch, "best": stopper.best, "wait": stopper.wait} if stopper else {"epoch": epoch}))
+                if stopper and stopper.best_weights is not None:
+                    weights = io.BytesIO()
+                    np.savez(weights, *stopper.best_weights)
+                    archive.writestr(self.BEST, weights.getvalue())
+            write_atomic(self.path, path.read_bytes())
+
+    def restore(self, history: list[dict], stopper: EarlyStopper | None) -> keras.Model | None:
+        """The compiled model saved after the last finished epoch, with `history` filled up to that
+        epoch and `stopper` restored; None when there is nothing to resume from."""
+        if not self.path.exists():
+            return None
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                state = json.loads(archive.read(self.STATE))
+                best = None
+                if self.BEST in archive.namelist():
+                    with np.load(io.BytesIO(archive.read(self.BEST))) as saved:
+                        best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            model = keras.saving.load_model(self.path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            logging.getLogger(__name__).warning("%s: unusable checkpoint (%s); training from scratch", self.path, exc)
+            return None
+        previous = read_history(self.history_path)[: state["epoch"]]
+        if len(previous) < state["epoch"]:
+            return None
+        history[:] = previous
+        if stopper:
+            stopper.best, stopper.wait, stopper.best_weights = state["best"], state["wait"], best
+        return model
 
 
 def enable_determinism() -> None:
