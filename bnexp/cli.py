@@ -136,6 +136,24 @@ def report(target, results_dir):
         click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.argument("experiment", required=False)
+@results_option
+def status(experiment, results_dir):
+    """List the runs of EXPERIMENT (default: every experiment) and where each one stands.
+
+    A run is completed, diverged, failed (retried by the next `bnexp run`), running (another bnexp
+    process holds its lock), incomplete (interrupted; the next `bnexp run` resumes it) or pending.
+
+    \b
+    Example:
+      bnexp status lr_sweep --results results
+    """
+    from bnexp.status import sweep_status
+
+    click.echo(sweep_status(results_dir, experiment))
+
+
 def _load(config: Path, overrides):
     from bnexp.config import load_config
     from bnexp.sweep import expand_runs

@@ -1,0 +1,71 @@
+"""`bnexp status`: the state of every run of an experiment, read from the results folder alone.
+
+Imports nothing heavy, so it answers at once, even while a sweep trains.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from bnexp.config import did_you_mean
+from bnexp.errors import ResultsError
+from bnexp.store import (CHECKPOINT, EXPERIMENT, HISTORY, RESULT, SPEC, check_format, read_history, read_json,
+                         run_status)
+
+# The order runs and totals are listed in.
+STATES = ("completed", "diverged", "failed", "running", "incomplete", "pending")
+
+
+def sweep_status(results_dir: Path, experiment: str | None = None) -> str:
+    """One table per experiment (or only `experiment`): each run's state, epochs and outcome."""
+    return "\n\n".join(experiment_status(folder) for folder in experiment_folders(results_dir, experiment))
+
+
+def experiment_folders(results_dir: Path, name: str | None) -> list[Path]:
+    found = sorted(path.parent for path in results_dir.glob(f"*/{EXPERIMENT}"))
+    if name is None:
+        if not found:
+            raise ResultsError(f"{results_dir}: no experiments here yet; start one with `bnexp run CONFIG` "
+                               "or pass another folder with --results")
+        return found
+    if not (results_dir / name / EXPERIMENT).exists():
+        names = [folder.name for folder in found]
+        raise ResultsError(f"{results_dir}: no experiment {name!r}; found: {', '.join(names) or 'none'}"
+                           + did_you_mean(name, names))
+    return [results_dir / name]
+
+
+def experiment_status(folder: Path) -> str:
+    check_format(folder / EXPERIMENT)
+    rows = [run_row(folder / run_id) for run_id in read_json(folder / EXPERIMENT)["run_ids"]]
+    header = {"run": "run id", "status": "status", "epochs": "epochs", "detail": "detail"}
+    widths = {key: max(len(row[key]) for row in [header, *rows]) for key in ("run", "status", "epochs")}
+    lines = [
+        "  ".join([row["run"].ljust(widths["run"]), row["status"].ljust(widths["status"]),
+                   row["epochs"].rjust(widths["epochs"]), row["detail"]]).rstrip()
+        for row in [header, *rows]
+    ]
+    counts = Counter(row["status"] for row in rows)
+    totals = ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
+    lines.append(f"\n{folder.name}: {len(rows)} runs: {totals} ({folder})")
+    return "\n".join(lines)
+
+
+def run_row(run_dir: Path) -> dict[str, str]:
+    """The run's id, state, epochs done out of planned, and its outcome or what happens next."""
+    check_format(run_dir / SPEC)
+    status = run_status(run_dir)
+    spec, result = read_json(run_dir / SPEC) or {}, read_json(run_dir / RESULT) or {}
+    planned = spec.get("config", {}).get("train", {}).get("epochs", "?")
+    done = len(read_history(run_dir / HISTORY))
+    detail = {
+        "completed": lambda: f"test error {result.get('test_error', float('nan')):.4f}",
+        "diverged": lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}",
+        "failed": lambda: f"{result.get('error')} (retried by the next bnexp run)",
+        "running": lambda: "another bnexp process holds its lock",
+        "incomplete": lambda: ("interrupted; resumes from its last checkpoint" if (run_dir / CHECKPOINT).exists()
+                               else "interrupted; restarts from epoch 1"),
+        "pending": lambda: "",
+    }.get(status, lambda: "")()
+    return {"run": run_dir.name, "status": status, "epochs": f"{done}/{planned}" if spec else "", "detail": detail}
