@@ -1,0 +1,234 @@
+"""Report figures, drawn with matplotlib's object API (no pyplot, so no global backend state).
+
+Each function returns a `matplotlib.figure.Figure`; `Figure.savefig` renders PNGs with Agg.
+Arms keep one colour across every figure of a report: the reference arm grey-blue, the others
+from a fixed list in config order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+REFERENCE_COLOUR = "#4c72b0"
+ARM_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
+# Beyond a dozen panels a figure stops being readable; the caller notes what was left out.
+MAX_PANELS = 12
+MAX_BAR_GROUPS = 30
+
+
+def arm_colours(arms: list[str], reference: str) -> dict[str, str]:
+    """A fixed colour per arm: the reference first colour, the others in config order."""
+    others = iter(ARM_COLOURS * (len(arms) // len(ARM_COLOURS) + 1))
+    return {arm: REFERENCE_COLOUR if arm == reference else next(others) for arm in arms}
+
+
+def short_key(key: str) -> str:
+    """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
+    return key.rsplit(".", 1)[-1]
+
+
+def point_label(values: dict) -> str:
+    """`learning_rate=0.01, activation=relu` for a sweep point given as {key: value}."""
+    return ", ".join(f"{short_key(key)}={format_value(value)}" for key, value in values.items())
+
+
+def format_value(value) -> str:
+    """A sweep value as written in labels: numbers in short form, anything else as text."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _log_axis(key: str, values: list) -> bool:
+    """Learning rates, and positive values spanning a factor of 16 or more, read best on a log axis."""
+    if not values or not all(is_number(v) and v > 0 for v in values):
+        return False
+    return "learning_rate" in key or max(values) / min(values) >= 16
+
+
+def _fixed_margins(fig: Figure, left=0.8, right=0.25, bottom=0.6, top=0.7, wspace=0.25, hspace=0.5) -> None:
+    """Margins in inches; much cheaper than constrained layout, which dominates report time."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=wspace, hspace=hspace)
+
+
+def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str], title: str) -> Figure:
+    """Accuracy and loss against epoch, train solid and validation dashed, per arm: the mean
+    over seeds as a line, the range over seeds as a band."""
+    fig = Figure(figsize=(10, 3.6))
+    _fixed_margins(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    positive_loss = True
+    for arm in arms:
+        runs = history[history.arm == arm]
+        if runs.empty:
+            continue
+        for metric, style, split in (("accuracy", "-", "train"), ("val_accuracy", "--", "validation"),
+                                     ("loss", "-", "train"), ("val_loss", "--", "validation")):
+            if metric not in runs or runs[metric].isna().all():
+                continue
+            scale = 100 if metric.endswith("accuracy") else 1
+            curve = runs.groupby("epoch")[metric].agg(["mean", "min", "max"]) * scale
+            ax = ax_acc if metric.endswith("accuracy") else ax_loss
+            ax.plot(curve.index, curve["mean"], style, color=colours[arm], label=f"{arm} {split}")
+            ax.fill_between(curve.index, curve["min"], curve["max"], color=colours[arm], alpha=0.15, lw=0)
+            if scale == 1:
+                positive_loss &= bool((curve["min"].dropna() > 0).all())
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="loss (cross-entropy)", title="loss")
+    if positive_loss and ax_loss.lines:
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel("loss (cross-entropy, log scale)")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if ax_acc.lines:
+        ax_acc.legend(fontsize="small", loc="lower right")
+    fig.suptitle(title)
+    return fig
+
+
+def _axis_positions(key: str, values: list) -> tuple[dict, bool]:
+    """Where each swept value sits on the x axis, and whether the axis is logarithmic."""
+    if all(is_number(v) for v in values):
+        return {v: v for v in values}, _log_axis(key, values)
+    return {v: i for i, v in enumerate(values)}, False
+
+
+def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[str],
+                  colours: dict[str, str], chance_error: float | None) -> tuple[Figure, int]:
+    """Test error against one swept value, one line per arm with sd error bars; a panel per
+    combination of the other swept values. Points where runs diverged get an X at the top.
+    Returns the figure and how many panels were left out."""
+    panels = [((), table)] if not others else list(table.groupby(others, sort=False))
+    left_out = max(0, len(panels) - MAX_PANELS)
+    panels = panels[:MAX_PANELS]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(4.6 * ncols + 0.6, 3.4 * nrows + 0.5))
+    _fixed_margins(fig, top=0.75 if others else 0.55, hspace=0.55 if others else 0.5)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    values = list(dict.fromkeys(table[key]))
+    positions, log = _axis_positions(key, values)
+    numeric = all(is_number(v) for v in values)
+    for ax, (other_values, part) in zip(axes, panels):
+        for i, arm in enumerate(arms):
+            rows = part[part.arm == arm]
+            if rows.empty:
+                continue
+            x = rows[key].map(positions).astype(float)
+            # Categories have no order between them: markers only, no connecting line.
+            ax.errorbar(x, rows.test_error_mean * 100, yerr=rows.test_error_sd.fillna(0) * 100,
+                        color=colours[arm], marker=MARKERS[i % len(MARKERS)], capsize=3, label=arm,
+                        linestyle="-" if numeric else "none")
+            hit = rows[rows.diverged > 0]
+            if not hit.empty:
+                hx = hit[key].map(positions).astype(float)
+                ax.plot(hx, [0.96] * len(hit), "X", color=colours[arm], markersize=9,
+                        transform=ax.get_xaxis_transform())
+                for xv, d, n in zip(hx, hit.diverged, hit.completed + hit.diverged):
+                    ax.annotate(f"{d}/{n}", (xv, 0.96), xycoords=ax.get_xaxis_transform(),
+                                xytext=(0, -12 - 9 * i), textcoords="offset points", ha="center",
+                                fontsize="x-small", color=colours[arm])
+        top = (part.test_error_mean + part.test_error_sd.fillna(0)).max() * 100
+        if chance_error is not None:
+            ax.axhline(chance_error * 100, color="grey", ls=":", lw=1, label="chance")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xticks(list(positions.values()), [format_value(v) for v in positions])
+        ax.minorticks_off()
+        if not numeric:
+            ax.set_xlim(-0.5, len(values) - 0.5)
+        # Headroom above the highest error bar and the chance line for the divergence marks.
+        highest = max(top if not np.isnan(top) else 0, (chance_error or 0) * 100, 1)
+        ax.set_ylim(0, highest * 1.25)
+        ax.set(xlabel=short_key(key), ylabel="test error (%)")
+        if others:
+            label = other_values if isinstance(other_values, tuple) else (other_values,)
+            ax.set_title(point_label(dict(zip(others, label))), fontsize="medium")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"Test error vs {short_key(key)} (mean ± sd over seeds; X: runs diverged, of finished)")
+    return fig, left_out
+
+
+def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, reference: str) -> Figure:
+    """Heatmap over two swept values of the mean paired test-error difference arm - reference."""
+    rows = paired[paired.arm == arm]
+    xs = list(dict.fromkeys(rows[x_key]))
+    ys = list(dict.fromkeys(rows[y_key]))
+    grid = np.full((len(ys), len(xs)), np.nan)
+    notes = {}
+    for row in rows.itertuples(index=False):
+        r = dict(zip(rows.columns, row))
+        iy, ix = ys.index(r[y_key]), xs.index(r[x_key])
+        grid[iy, ix] = r["diff_mean"] * 100
+        if np.isnan(r["diff_mean"]):
+            notes[iy, ix] = "no pairs" if not r["note"] else r["note"].split(";")[0].split(":")[-1].strip()
+    fig = Figure(figsize=(1.4 * len(xs) + 3, 0.8 * len(ys) + 2), layout="constrained")
+    ax = fig.subplots()
+    limit = np.nanmax(np.abs(grid)) if not np.isnan(grid).all() else 1.0
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#e0e0e0")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    for (iy, ix), value in np.ndenumerate(grid):
+        text = f"{value:+.2f}" if not np.isnan(value) else notes.get((iy, ix), "n/a")
+        ax.text(ix, iy, text, ha="center", va="center", fontsize="small",
+                color="white" if not np.isnan(value) and abs(value) > 0.6 * limit else "black")
+    ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [format_value(v) for v in ys])
+    ax.set(xlabel=short_key(x_key), ylabel=short_key(y_key))
+    fig.colorbar(image, ax=ax, label=f"test error {arm} − {reference} (pp); < 0: {arm} better")
+    fig.suptitle(f"BN advantage: test error {arm} − {reference}, mean over paired seeds")
+    return fig
+
+
+def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: dict[str, str],
+               target: str) -> tuple[Figure, int]:
+    """Grouped bars: mean steps to the target per sweep point and arm, range over seeds as
+    error bars; arms that never reached it are labelled. Returns the figure and points left out."""
+    points = list(dict.fromkeys(tuple(row) for row in table[keys].itertuples(index=False))) if keys else [()]
+    left_out = max(0, len(points) - MAX_BAR_GROUPS)
+    points = points[:MAX_BAR_GROUPS]
+    width = 0.8 / max(1, len(arms))
+    fig = Figure(figsize=(max(6.0, 0.5 + len(points) * len(arms) * 0.45), 4.2), layout="constrained")
+    ax = fig.subplots()
+    labelled = set()
+    for i, arm in enumerate(arms):
+        for j, point in enumerate(points):
+            match = table.arm == arm
+            for key, value in zip(keys, point):
+                match &= table[key] == value
+            rows = table[match]
+            if rows.empty:
+                continue
+            row = rows.iloc[0]
+            x = j + (i - (len(arms) - 1) / 2) * width
+            if row.reached == 0:
+                ax.text(x, 0, "not reached", rotation=90, ha="center", va="bottom", fontsize="x-small",
+                        color=colours[arm])
+                continue
+            err = [[row.step_mean - row.step_min], [row.step_max - row.step_mean]]
+            ax.bar(x, row.step_mean, width, color=colours[arm], yerr=err, capsize=3,
+                   label=None if arm in labelled else arm)
+            labelled.add(arm)
+    labels = [", ".join(format_value(v) for v in point) for point in points]
+    # About 0.07 inch per character of tick label at the default font size.
+    crowded = max(len(label) for label in labels) * 0.07 > (fig.get_size_inches()[0] - 1) / len(points)
+    ax.set_xticks(range(len(points)), labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set(xlabel=", ".join(short_key(key) for key in keys), ylabel="optimizer steps to target",
+           title=f"Steps until {target} (mean; bars: range over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    if labelled:
+        ax.legend(fontsize="small")
+    return fig, left_out

@@ -1,0 +1,347 @@
+"""Report tables computed from loaded runs: pandas frames holding full-precision numbers.
+
+Every function takes the frames `bnexp.report.load_experiment` builds (one row per run, one row
+per run and epoch, one row per logged step) and returns one table; formatting for the page is
+the reporter's job. Error rates and accuracies stay fractions here, as in result.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+LEARNING_RATE_KEY = "train.learning_rate"
+# Steps-to-target defaults: a level every arm can be expected to reach, derived from the
+# reference arm's best sweep point, so the table asks "how soon", not "whether".
+DEFAULT_TARGET_METRIC = "val_accuracy"
+DEFAULT_ACCURACY_FRACTION = 0.9
+DEFAULT_LOSS_FACTOR = 1.1
+TARGET_METRICS = ("val_accuracy", "accuracy", "loss", "val_loss")
+
+
+def _point_columns(group: pd.DataFrame, keys: list[str]) -> dict:
+    """The sweep-key values shared by every run of a group."""
+    return {key: group[key].iloc[0] for key in keys}
+
+
+def _by_point_and_arm(runs: pd.DataFrame):
+    """Groups of runs per sweep point and arm, in sweep order and the config's arm order."""
+    return runs.groupby(["point_id", "arm_order"], sort=True)
+
+
+def test_error_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Test error (mean, sd over completed runs), final accuracies, epochs and status counts."""
+    rows = []
+    for _, group in _by_point_and_arm(runs):
+        completed = group[group.status == "completed"]
+        finished = group[group.status.isin(("completed", "diverged"))]
+        errors = completed.test_error.dropna()
+        rows.append({
+            **_point_columns(group, keys),
+            "arm": group.arm.iloc[0],
+            "runs": len(group),
+            "completed": int((group.status == "completed").sum()),
+            "diverged": int((group.status == "diverged").sum()),
+            "failed": int((group.status == "failed").sum()),
+            "incomplete": int((group.status == "incomplete").sum()),
+            "n": len(errors),
+            "test_error_mean": errors.mean(),
+            "test_error_sd": errors.std(ddof=1),
+            "train_accuracy_mean": completed.final_accuracy.mean(),
+            "val_accuracy_mean": completed.final_val_accuracy.mean(),
+            "epochs_min": finished.epochs_run.min(),
+            "epochs_max": finished.epochs_run.max(),
+        })
+    return pd.DataFrame(rows)
+
+
+def _paired_stats(arm_errors: np.ndarray, reference_errors: np.ndarray) -> dict:
+    """Mean paired difference, t-based CI and paired t-test p-value; NaN where undefined."""
+    diffs = arm_errors - reference_errors
+    n = len(diffs)
+    out = {"pairs": n, "diff_mean": np.nan, "diff_sd": np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
+    if n == 0:
+        return out
+    out["diff_mean"] = diffs.mean()
+    if n == 1:
+        return out
+    out["diff_sd"] = diffs.std(ddof=1)
+    # Identical differences have no spread: the t statistic is undefined (scipy warns).
+    if np.allclose(diffs, diffs[0], rtol=0, atol=1e-12):
+        out["ci_low"] = out["ci_high"] = out["diff_mean"]
+        return out
+    test = sps.ttest_rel(arm_errors, reference_errors)
+    interval = test.confidence_interval(CONFIDENCE)
+    out.update(ci_low=interval.low, ci_high=interval.high, p_value=test.pvalue)
+    return out
+
+
+def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference: str) -> pd.DataFrame:
+    """Each arm's test error minus the reference arm's, paired by seed within a sweep point.
+
+    Only pairs where both runs completed enter the mean, interval and test. A pair where one
+    run diverged and the other completed counts as a win for the completed one; both diverged
+    is a draw. `wins` counts the arm's wins, `decided` the pairs with a winner or a tie.
+    """
+    rows = []
+    for _, group in runs.groupby("point_id", sort=True):
+        ref = group[group.arm == reference].drop_duplicates("seed").set_index("seed")
+        for arm in arms:
+            if arm == reference:
+                continue
+            other = group[group.arm == arm].drop_duplicates("seed").set_index("seed")
+            if other.empty and ref.empty:
+                continue
+            seeds = sorted(set(ref.index) | set(other.index))
+            arm_err, ref_err, notes = [], [], []
+            wins = decided = 0
+            ref_diverged = arm_diverged = both_diverged = unpaired = 0
+            for seed in seeds:
+                if seed not in ref.index or seed not in other.index:
+                    unpaired += 1
+                    continue
+                a, r = other.loc[seed], ref.loc[seed]
+                if a.status == "completed" and r.status == "completed" and pd.notna(a.test_error) \
+                        and pd.notna(r.test_error):
+                    arm_err.append(a.test_error)
+                    ref_err.append(r.test_error)
+                    decided += 1
+                    wins += int(a.test_error < r.test_error)
+                elif a.status == "completed" and r.status == "diverged":
+                    ref_diverged += 1
+                    decided += 1
+                    wins += 1
+                elif a.status == "diverged" and r.status == "completed":
+                    arm_diverged += 1
+                    decided += 1
+                elif a.status == "diverged" and r.status == "diverged":
+                    both_diverged += 1
+                else:
+                    unpaired += 1
+            stats = _paired_stats(np.array(arm_err, dtype=float), np.array(ref_err, dtype=float))
+            if stats["pairs"] == 1:
+                notes.append("one seed: no interval or test")
+            elif stats["pairs"] > 1 and np.isnan(stats["p_value"]):
+                notes.append("same difference in every seed: no test")
+            if ref_diverged:
+                notes.append(f"{ref_diverged} pair(s) excluded: {reference} diverged ({arm} wins)")
+            if arm_diverged:
+                notes.append(f"{arm_diverged} pair(s) excluded: {arm} diverged ({reference} wins)")
+            if both_diverged:
+                notes.append(f"{both_diverged} pair(s) excluded: both diverged")
+            if unpaired:
+                notes.append(f"{unpaired} seed(s) without two finished runs")
+            rows.append({
+                **_point_columns(group, keys), "arm": arm, "reference": reference, **stats,
+                "wins": wins, "decided": decided, "note": "; ".join(notes),
+            })
+    return pd.DataFrame(rows)
+
+
+def parameter_table(runs: pd.DataFrame, keys: list[str], reference: str) -> pd.DataFrame:
+    """Trainable and non-trainable parameter counts per arm (per sweep point if they vary)."""
+    counted = runs.dropna(subset=["trainable_params", "non_trainable_params"])
+    if counted.empty:
+        return pd.DataFrame()
+    by = ["arm_order", "trainable_params", "non_trainable_params"]
+    varies = counted.groupby("arm_order")[["trainable_params", "non_trainable_params"]].nunique().max().max() > 1
+    group_by = ["point_id", "arm_order"] if varies else ["arm_order"]
+    rows = []
+    for _, group in counted.groupby(group_by, sort=True):
+        first = group.sort_values(by).iloc[0]
+        row = _point_columns(group, keys) if varies else {}
+        row.update({
+            "arm": first.arm,
+            "trainable": int(first.trainable_params),
+            "non_trainable": int(first.non_trainable_params),
+            "total": int(first.trainable_params + first.non_trainable_params),
+        })
+        ref = counted[counted.arm == reference]
+        if varies:
+            ref = ref[ref.point_id == first.point_id]
+        row["trainable_vs_reference"] = (
+            int(first.trainable_params - ref.trainable_params.iloc[0]) if not ref.empty else np.nan
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A steps-to-target threshold: `metric` at least (accuracies) or at most (losses) `value`."""
+
+    metric: str
+    value: float
+    how: str
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric.endswith("accuracy")
+
+    def describe(self) -> str:
+        sign = ">=" if self.higher_is_better else "<="
+        return f"{self.metric} {sign} {self.value:.4g}"
+
+
+def final_values(history: pd.DataFrame) -> pd.DataFrame:
+    """The last logged epoch of each run, indexed by run id."""
+    return history.sort_values(["run_id", "epoch"]).groupby("run_id").tail(1).set_index("run_id")
+
+
+def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], reference: str,
+                   metric: str | None, value: float | None) -> Target | None:
+    """The target to use: the one given, or the default derived from the reference arm.
+
+    The default metric is val_accuracy (accuracy when no run has a validation split); the
+    default value is 90% of the reference arm's best mean final accuracy over sweep points
+    (1.1x its best mean final loss for a loss metric). None when nothing can be derived.
+    """
+    if metric is None:
+        metric = DEFAULT_TARGET_METRIC
+        if "val_accuracy" not in history or history.val_accuracy.isna().all():
+            metric = "accuracy"
+    if metric not in TARGET_METRICS:
+        raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
+    if value is not None:
+        return Target(metric, float(value), "given")
+    if metric not in history:
+        return None
+    final = final_values(history)
+    done = runs[(runs.arm == reference) & (runs.status == "completed")]
+    done = done.assign(final=final[metric].reindex(done.run_id).to_numpy()).dropna(subset=["final"])
+    if done.empty:
+        return None
+    means = done.groupby("point_id").final.mean()
+    higher = metric.endswith("accuracy")
+    best_point = means.idxmax() if higher else means.idxmin()
+    best = means.loc[best_point]
+    where = done[done.point_id == best_point].iloc[0]
+    at = ", ".join(f"{key.rsplit('.', 1)[-1]}={where[key]}" for key in keys)
+    if higher:
+        how = (f"{DEFAULT_ACCURACY_FRACTION:.0%} of {reference}'s best mean final {metric}, "
+               f"{best:.4g}{' at ' + at if at else ''}")
+        return Target(metric, DEFAULT_ACCURACY_FRACTION * best, how)
+    how = f"{DEFAULT_LOSS_FACTOR}x {reference}'s best mean final {metric}, {best:.4g}{' at ' + at if at else ''}"
+    return Target(metric, DEFAULT_LOSS_FACTOR * best, how)
+
+
+def _first_reached(values: pd.Series, steps: pd.Series, target: Target) -> float:
+    """The first step whose value meets the target, NaN if none does."""
+    hit = values >= target.value if target.higher_is_better else values <= target.value
+    hit = hit & values.notna()
+    return float(steps[hit].iloc[0]) if hit.any() else np.nan
+
+
+def steps_per_run(runs: pd.DataFrame, history: pd.DataFrame, step_losses: pd.DataFrame,
+                  target: Target) -> pd.DataFrame:
+    """For every run with a history: the first step and epoch at which it meets the target.
+
+    Epoch-end values are checked; for the training loss, the per-step log is checked too and
+    the earlier of the two wins. The epoch is the one during which that step fell.
+    """
+    rows = []
+    logged = history.sort_values(["run_id", "epoch"]).groupby("run_id")
+    fine = step_losses.sort_values(["run_id", "step"]).groupby("run_id") if not step_losses.empty else None
+    fine_ids = set(step_losses.run_id) if not step_losses.empty else set()
+    for run in runs.itertuples():
+        if run.run_id not in logged.groups:
+            continue
+        epochs = logged.get_group(run.run_id)
+        step = np.nan
+        if target.metric in epochs:
+            step = _first_reached(epochs[target.metric], epochs.step, target)
+        if target.metric == "loss" and run.run_id in fine_ids:
+            per_step = fine.get_group(run.run_id)
+            step = np.nanmin([step, _first_reached(per_step.loss, per_step.step, target)])
+        epoch = np.nan
+        if not np.isnan(step):
+            later = epochs[epochs.step >= step]
+            epoch = float(later.epoch.iloc[0]) if not later.empty else np.nan
+        rows.append({"run_id": run.run_id, "point_id": run.point_id, "arm_order": run.arm_order,
+                     "arm": run.arm, "seed": run.seed, "status": run.status,
+                     "reached": not np.isnan(step), "step": step, "epoch": epoch,
+                     "last_step": float(epochs.step.max())})
+    return pd.DataFrame(rows)
+
+
+def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms: list[str],
+                reference: str) -> pd.DataFrame:
+    """Mean steps and epochs to the target per sweep point and arm, and the speed-up over the
+    reference arm: the reference's mean steps divided by the arm's (5.0 = five times fewer)."""
+    if per_run.empty:
+        return pd.DataFrame()
+    rows = []
+    per_run = per_run.merge(runs[["run_id", *keys]], on="run_id")
+    for _, point in per_run.groupby("point_id", sort=True):
+        point_rows = []
+        for arm in arms:
+            group = point[point.arm == arm]
+            if group.empty:
+                continue
+            reached = group[group.reached]
+            point_rows.append({
+                **_point_columns(point, keys), "arm": arm, "runs": len(group), "reached": len(reached),
+                "step_mean": reached.step.mean(), "step_min": reached.step.min(),
+                "step_max": reached.step.max(), "epoch_mean": reached.epoch.mean(),
+                "diverged_later": int((reached.status == "diverged").sum()),
+            })
+        means = {row["arm"]: row["step_mean"] for row in point_rows}
+        ref_mean = means.get(reference, np.nan)
+        for row in point_rows:
+            row["speedup"] = ref_mean / row["step_mean"] if row["arm"] != reference else np.nan
+            notes = []
+            if row["reached"] < row["runs"]:
+                notes.append(f"{row['runs'] - row['reached']} of {row['runs']} runs never reached it")
+            if row["arm"] != reference and np.isnan(ref_mean) and row["reached"]:
+                notes.append(f"no {reference} run reached it: no ratio")
+            if row["diverged_later"]:
+                notes.append(f"{row['diverged_later']} diverged after reaching it")
+            row["note"] = "; ".join(notes)
+        rows.extend(point_rows)
+    return pd.DataFrame(rows)
+
+
+def stability_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per sweep point and arm: finished runs, diverged runs (and when), runs stuck at chance."""
+    rows = []
+    for _, group in _by_point_and_arm(runs):
+        finished = group[group.status.isin(("completed", "diverged"))]
+        diverged = finished[finished.status == "diverged"]
+        epochs = ", ".join(str(int(e)) for e in diverged.diverged_epoch.dropna().sort_values())
+        rows.append({
+            **_point_columns(group, keys), "arm": group.arm.iloc[0], "finished": len(finished),
+            "diverged": len(diverged), "diverged_epochs": epochs,
+            "stuck_at_chance": int(finished.stuck.sum()),
+            "chance_unknown": int(finished[finished.status == "completed"].chance_threshold.isna().sum()),
+            "trained": int(finished.trained.sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per arm (and value of the other swept keys): the largest learning rate at which every
+    finished run trained (completed, not stuck at chance), and the smallest at which one did not."""
+    if LEARNING_RATE_KEY not in keys:
+        return pd.DataFrame()
+    others = [key for key in keys if key != LEARNING_RATE_KEY]
+    finished = runs[runs.status.isin(("completed", "diverged"))]
+    if finished.empty:
+        return pd.DataFrame()
+    rows = []
+    group_by = [*others, "arm_order"]
+    for _, group in finished.groupby(group_by, sort=True, dropna=False):
+        per_lr = group.groupby(LEARNING_RATE_KEY).trained.agg(["all", "size"])
+        ok = per_lr.index[per_lr["all"]]
+        bad = per_lr.index[~per_lr["all"]]
+        rows.append({
+            **_point_columns(group, others), "arm": group.arm.iloc[0],
+            "learning_rates": ", ".join(f"{lr:g}" for lr in per_lr.index),
+            "largest_lr_that_trains": ok.max() if len(ok) else np.nan,
+            "smallest_lr_that_fails": bad.min() if len(bad) else np.nan,
+        })
+    return pd.DataFrame(rows)
