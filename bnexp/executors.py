@@ -1,0 +1,188 @@
+"""Executors beyond the sequential one: worker processes on this machine, Ray tasks on a cluster.
+
+Both follow bnexp.runner.Executor: `(runs, context) -> iterator of (RunSpec, result record)`,
+yielding each run as it ends. A worker imports the Keras backend once and trains many runs;
+each run's data order and initial weights depend only on its seed, so a run trains the same
+whichever worker takes it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing
+import os
+import queue
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bnexp.errors import BnexpError
+from bnexp.runner import Executor, RunContext, run_sequential, train_one
+from bnexp.store import HISTORY, RESULT, SPEC, write_atomic
+from bnexp.sweep import RunSpec
+
+# A worker's epoch records reach the driver through this queue (set in each worker process).
+_epoch_queue: multiprocessing.Queue | None = None
+_threads_set = False
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(runs: int) -> int:
+    """One single-threaded worker per CPU, no more than the runs: the small models of these
+    experiments keep one core busy each far better than they share several."""
+    return max(1, min(available_cpus(), runs))
+
+
+def set_backend_threads(threads: int) -> None:
+    """Give this process's Keras backend `threads` intra-op and inter-op threads.
+
+    Must run before the backend runs its first op; later calls in the same process do nothing.
+    """
+    global _threads_set
+    if _threads_set:
+        return
+    _threads_set = True
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    elif backend == "jax":
+        if threads == 1:
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+
+
+def _init_worker(threads: int, epoch_queue) -> None:
+    global _epoch_queue
+    _epoch_queue = epoch_queue
+    set_backend_threads(threads)
+    import keras  # noqa: F401  (once per worker, not once per run)
+
+
+def _train_in_worker(spec: RunSpec, context: RunContext) -> dict:
+    context.on_epoch = (lambda s, record: _epoch_queue.put((s.run_id, record))) if _epoch_queue else None
+    return train_one(spec, context)
+
+
+def run_processes(workers: int | None = None) -> Executor:
+    """An executor training runs in `workers` spawned processes (default: default_workers)."""
+
+    def execute(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
+        if not runs:
+            return
+        count = min(workers or default_workers(len(runs)), len(runs))
+        if count == 1:  # a worker process would only add its start-up
+            yield from run_sequential(runs, context)
+            return
+        threads = max(1, available_cpus() // count)
+        spawn = multiprocessing.get_context("spawn")  # fork after a backend started is unsafe
+        epochs = spawn.Queue() if context.on_epoch else None
+        by_id = {spec.run_id: spec for spec in runs}
+        shipped = dataclasses.replace(context, on_epoch=None)
+        todo = list(reversed(runs))
+        with cf.ProcessPoolExecutor(count, mp_context=spawn, initializer=_init_worker,
+                                    initargs=(threads, epochs)) as pool:
+            # Only `count` runs in flight: nothing queued behind them to cancel on Ctrl-C, and runs
+            # start in the sweep's order.
+            running: dict[cf.Future, RunSpec] = {}
+            try:
+                while todo or running:
+                    while todo and len(running) < count:
+                        spec = todo.pop()
+                        running[pool.submit(_train_in_worker, spec, shipped)] = spec
+                    done, _ = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                    _forward_epochs(epochs, by_id, context.on_epoch)
+                    for future in done:
+                        yield running.pop(future), future.result()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                _forward_epochs(epochs, by_id, context.on_epoch)
+
+    return execute
+
+
+def _forward_epochs(epochs, by_id: dict[str, RunSpec], on_epoch: Callable | None) -> None:
+    while epochs is not None:
+        try:
+            run_id, record = epochs.get_nowait()
+        except queue.Empty:
+            return
+        on_epoch(by_id[run_id], record)
+
+
+def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0) -> Executor:
+    """An executor training each run as a Ray task on the cluster at `address` (None: the
+    running instance, $RAY_ADDRESS, or a new local one).
+
+    A task trains in a scratch folder on its node and returns the run's files; the driver writes
+    them into the results folder, so the nodes need the data but no shared file system.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise BnexpError("--executor ray needs Ray: pip install 'bnexp[ray]'") from None
+
+    def execute(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
+        if not runs:
+            return
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run)
+        threads = max(1, int(cpus_per_run))
+        shipped = dataclasses.replace(context, on_epoch=None)
+        pending = {task.remote(spec, shipped, threads): spec for spec in runs}
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(ref)
+                files = ray.get(ref)
+                run_dir = context.run_dir(spec)
+                for name, text in files.items():
+                    write_atomic(run_dir / name, text)
+                yield spec, json.loads(files[RESULT])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    return execute
+
+
+def _train_remote(spec: RunSpec, context: RunContext, threads: int) -> dict[str, str]:
+    """A Ray task: train `spec` in a scratch folder and return its files' contents by name."""
+    set_backend_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="bnexp-") as scratch:
+        scratch_context = dataclasses.replace(context, results_dir=Path(scratch))
+        train_one(spec, scratch_context)
+        run_dir = scratch_context.run_dir(spec)
+        return {name: (run_dir / name).read_text() for name in (SPEC, HISTORY, RESULT)
+                if (run_dir / name).exists()}
+
+
+def make_executor(name: str, workers: int | None = None, address: str | None = None,
+                  cpus_per_run: float = 1, gpus_per_run: float = 0) -> Executor:
+    """The executor the `run` command's options name."""
+    if name == "ray":
+        return run_ray(address, cpus_per_run, gpus_per_run)
+    if name == "sequential" or workers == 1:
+        return run_sequential
+    return run_processes(workers)

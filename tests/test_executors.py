@@ -1,0 +1,120 @@
+"""Executors: worker processes and Ray tasks store the same runs a sequential sweep stores."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from bnexp.config import load_config
+from bnexp.executors import default_workers, make_executor, run_processes, run_ray
+from bnexp.runner import RunContext, SweepProgress, run_sequential, run_sweep
+from bnexp.store import HISTORY, RESULT, SPEC, read_history, read_json
+from bnexp.sweep import expand_runs
+
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two arms x two batch sizes of a tiny CNN on 8x8 images, deterministic kernels: 4 short runs."""
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    y = np.arange(64) % 3
+    x = (rng.random((64, 8, 8)) * 60 + y[:, None, None] * 80).astype("uint8")
+    np.savez(folder / "tiny.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    config = {
+        "name": "tiny", "seeds": [0], "sweep": {"train.batch_size": [8, 16]},
+        "data": {"dataset": "npz", "path": str(folder / "tiny.npz"), "validation_split": 0.25},
+        "model": {"conv": [{"filters": 4, "kernel_size": 3, "pool": 2}], "dense": [8]},
+        "train": {"epochs": 2, "log_every_steps": 2, "steps_per_execution": 1, "deterministic": True},
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return expand_runs(load_config(path), str(path))
+
+
+def stored(results_dir, runs):
+    """Each run's spec, history and result, without the fields that time or place a run."""
+    out = {}
+    for spec in runs:
+        run_dir = results_dir / spec.experiment / spec.run_id
+        history = [{k: v for k, v in epoch.items() if k != "epoch_seconds"} for epoch in read_history(run_dir / HISTORY)]
+        result = {k: v for k, v in read_json(run_dir / RESULT).items()
+                  if k not in ("wall_seconds", "started_at", "finished_at", "environment")}
+        out[spec.run_id] = (read_json(run_dir / SPEC), history, result)
+    return out
+
+
+def sweep_with(executor, runs, results_dir):
+    epochs = []
+    progress = SweepProgress(quiet=True)
+    progress.epoch_done = lambda spec, record: epochs.append((spec.run_id, record["epoch"]))
+    summary = run_sweep(runs, RunContext(results_dir, None), executor, progress)
+    return summary, epochs
+
+
+def assert_close_runs(a, b):
+    """Equal specs and steps; metrics equal to float32 rounding: a different thread count per run
+    sums in a different order (docs/PERFORMANCE.md)."""
+    assert a.keys() == b.keys()
+    for run_id in a:
+        (spec_a, history_a, result_a), (spec_b, history_b, result_b) = a[run_id], b[run_id]
+        assert spec_a == spec_b
+        assert [e["step"] for e in history_a] == [e["step"] for e in history_b]
+        for epoch_a, epoch_b in zip(history_a, history_b):
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                assert epoch_a[key] == pytest.approx(epoch_b[key], rel=1e-4, abs=1e-5), (run_id, key)
+        assert result_a.keys() == result_b.keys()
+        for key, value in result_a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(result_b[key], rel=1e-4, abs=1e-5), (run_id, key)
+            else:
+                assert value == result_b[key], (run_id, key)
+
+
+@pytest.fixture(scope="module")
+def process_results(tmp_path_factory, runs):
+    results_dir = tmp_path_factory.mktemp("processes")
+    summary, epochs = sweep_with(run_processes(2), runs, results_dir)
+    return summary, epochs, stored(results_dir, runs)
+
+
+def test_worker_processes_store_the_sequential_results(tmp_path, runs, process_results):
+    summary, epochs, in_workers = process_results
+    assert summary.statuses == {"completed": 4}
+    # Epoch progress crosses the process boundary.
+    assert sorted(epochs) == sorted((spec.run_id, epoch) for spec in runs for epoch in (1, 2))
+    run_sweep(runs, RunContext(tmp_path, None), run_sequential, SweepProgress(quiet=True))
+    assert_close_runs(in_workers, stored(tmp_path, runs))
+
+
+def test_ray_tasks_store_what_worker_processes_store(tmp_path, runs, process_results):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        summary, _ = sweep_with(run_ray(cpus_per_run=1), runs, tmp_path)
+    finally:
+        ray.shutdown()
+    assert summary.statuses == {"completed": 4}
+    # One thread per run in both: bit-identical records, written by the driver in the same layout.
+    assert stored(tmp_path, runs) == process_results[2]
+
+
+def test_missing_ray_is_one_line_on_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(Exception, match=r"^--executor ray needs Ray: pip install 'bnexp\[ray\]'$"):
+        run_ray()
+
+
+def test_executor_choice():
+    assert make_executor("sequential", workers=4) is run_sequential
+    assert make_executor("processes", workers=1) is run_sequential
+    assert make_executor("processes", workers=2) is not run_sequential
+    assert default_workers(runs=1) == 1
+
+
+def test_cli_import_loads_no_backend():
+    code = "import sys, bnexp.cli; print(sorted({'tensorflow', 'keras', 'jax', 'torch', 'ray'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
