@@ -120,19 +120,33 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
 @main.command()
 @click.argument("target", required=False)
 @results_option
-def report(target, results_dir):
+@click.option(
+    "--target-metric", type=click.Choice(["val_accuracy", "accuracy", "loss", "val_loss"]),
+    help="Metric of the steps-to-target table: the first step at which a run reaches --target-value "
+         "(accuracies: at least, losses: at most). Default: val_accuracy (accuracy without a validation "
+         "split); `loss` also checks the per-step training-loss log.",
+)
+@click.option(
+    "--target-value", type=float,
+    help="Level of --target-metric to reach. Default: 90% of the reference arm's best mean final "
+         "accuracy (1.1x its best mean final loss for a loss metric).",
+)
+def report(target, results_dir, target_metric, target_value):
     """Write tables, plots and a report page for experiments under the results folder.
 
-    TARGET is an experiment name or an experiment folder; without it every experiment is reported.
-    Each report lands in <results>/<experiment>/report/ (index.html, report.md, tables/, plots/).
+    TARGET is an experiment name, an experiment folder or a results folder; without it every
+    experiment under --results is reported. Each report lands in <experiment>/report/
+    (index.html, report.md, tables/*.csv, plots/*.png); runs still running, failed or missing are
+    listed there.
 
     \b
     Example:
       bnexp report lr_sweep
+      bnexp report mnist_cnn --target-metric loss --target-value 0.1
     """
     from bnexp.report import write_reports
 
-    for path in write_reports(results_dir, target):
+    for path in write_reports(results_dir, target, target_metric=target_metric, target_value=target_value):
         click.echo(f"wrote {path}")
 
 

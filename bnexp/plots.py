@@ -163,6 +163,32 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
     return fig, left_out
 
 
+def plot_error_bars(table: pd.DataFrame, runs: pd.DataFrame, arms: list[str],
+                    colours: dict[str, str]) -> Figure:
+    """Test error per arm for an experiment without a sweep: bars for mean ± sd, a dot per seed."""
+    fig = Figure(figsize=(1.3 * len(arms) + 2.5, 3.6))
+    _fixed_margins(fig, left=0.8, top=0.5)
+    ax = fig.subplots()
+    for i, arm in enumerate(arms):
+        rows = table[table.arm == arm]
+        if rows.empty:
+            continue
+        row = rows.iloc[0]
+        if row.n:
+            ax.bar(i, row.test_error_mean * 100, 0.6, color=colours[arm], alpha=0.85,
+                   yerr=0 if np.isnan(row.test_error_sd) else row.test_error_sd * 100, capsize=4)
+            errors = runs[(runs.arm == arm) & runs.test_error.notna()].test_error * 100
+            ax.plot(i + np.linspace(-0.12, 0.12, len(errors)), errors, "o", color="black", markersize=3)
+        if row.diverged or not row.n:
+            ax.annotate(f"{row.diverged} diverged" if row.diverged else "no completed run",
+                        (i, 0), xytext=(0, 4), textcoords="offset points", ha="center", fontsize="small")
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_xlim(-0.6, len(arms) - 0.4)
+    ax.set(ylabel="test error (%)", title="Test error per arm (bar: mean ± sd; dots: seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
 def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, reference: str) -> Figure:
     """Heatmap over two swept values of the mean paired test-error difference arm - reference."""
     rows = paired[paired.arm == arm]

@@ -385,6 +385,9 @@ def _test_error_section(exp: Experiment, colours: dict) -> Section:
         "last epoch of the completed runs.",
         tables=[Table("test_error", "Test error", raw, display)],
     )
+    if not keys:
+        section.figures.append(_render(plots.plot_error_bars(raw, exp.runs, exp.arms, colours), "test_error",
+                                       "Test error per arm: bar at the mean with ± sd, one dot per completed seed"))
     classes = exp.runs.num_classes.dropna().unique()
     chance_error = 1 - 1 / classes[0] if len(classes) == 1 else None
     # A numeric key makes an x axis; categorical keys split panels (unless all are categorical).
@@ -484,6 +487,8 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
         f"at which each run reaches it, checked at the end of every epoch.{finer} Speed-up: {ref}'s mean "
         f"steps divided by the arm's, over the runs that reached it (5.00× = five times fewer steps)."
     )
+    if target.metric not in exp.history or exp.history[target.metric].isna().all():
+        section.notes.append(f"No run logged {target.metric}: every run shows as not reached.")
     per_run = stats.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
     raw = stats.steps_table(exp.runs, per_run, keys, exp.arms, ref)
     if raw.empty:
@@ -554,7 +559,8 @@ def _parameters_section(exp: Experiment) -> Section:
         return section
     keys = [k for k in exp.sweep_keys if k in raw]
     display = pd.DataFrame({
-        **_key_columns(raw, keys), "arm": raw.arm, "trainable": raw.trainable.map(_count),
+        **_key_columns(raw, keys), "arm": raw.arm, "runs": raw.runs.map(_count),
+        "trainable": raw.trainable.map(_count),
         "non-trainable": raw.non_trainable.map(_count), "total": raw.total.map(_count),
         f"trainable vs {exp.reference_arm}": raw.trainable_vs_reference.map(lambda v: _fmt(v, "+,.0f")),
     })

@@ -144,30 +144,28 @@ def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference
 
 
 def parameter_table(runs: pd.DataFrame, keys: list[str], reference: str) -> pd.DataFrame:
-    """Trainable and non-trainable parameter counts per arm (per sweep point if they vary)."""
-    counted = runs.dropna(subset=["trainable_params", "non_trainable_params"])
+    """Trainable and non-trainable parameter counts per arm, with how many runs had them.
+
+    Rows are per sweep point too when an arm's counts differ between runs (a swept width, say);
+    two rows for one point and arm would show runs that disagree.
+    """
+    counts = ["trainable_params", "non_trainable_params"]
+    counted = runs.dropna(subset=counts)
     if counted.empty:
         return pd.DataFrame()
-    by = ["arm_order", "trainable_params", "non_trainable_params"]
-    varies = counted.groupby("arm_order")[["trainable_params", "non_trainable_params"]].nunique().max().max() > 1
-    group_by = ["point_id", "arm_order"] if varies else ["arm_order"]
+    varies = bool((counted.groupby("arm_order")[counts].nunique() > 1).any().any())
+    group_by = ["point_id", "arm_order", *counts] if varies else ["arm_order", *counts]
     rows = []
-    for _, group in counted.groupby(group_by, sort=True):
-        first = group.sort_values(by).iloc[0]
-        row = _point_columns(group, keys) if varies else {}
-        row.update({
-            "arm": first.arm,
-            "trainable": int(first.trainable_params),
-            "non_trainable": int(first.non_trainable_params),
-            "total": int(first.trainable_params + first.non_trainable_params),
-        })
+    for (*_, trainable, non_trainable), group in counted.groupby(group_by, sort=True):
         ref = counted[counted.arm == reference]
         if varies:
-            ref = ref[ref.point_id == first.point_id]
-        row["trainable_vs_reference"] = (
-            int(first.trainable_params - ref.trainable_params.iloc[0]) if not ref.empty else np.nan
-        )
-        rows.append(row)
+            ref = ref[ref.point_id == group.point_id.iloc[0]]
+        rows.append({
+            **(_point_columns(group, keys) if varies else {}), "arm": group.arm.iloc[0], "runs": len(group),
+            "trainable": int(trainable), "non_trainable": int(non_trainable),
+            "total": int(trainable + non_trainable),
+            "trainable_vs_reference": int(trainable - ref.trainable_params.iloc[0]) if not ref.empty else np.nan,
+        })
     return pd.DataFrame(rows)
 
 

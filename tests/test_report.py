@@ -274,9 +274,23 @@ def test_parameter_counts_per_arm_and_the_difference_to_the_reference(tmp_path):
     exp = report.load_experiment(writer.plan())
     table = stats.parameter_table(exp.runs, [], "no_bn")
     assert table.to_dict("records") == [
-        {"arm": "no_bn", "trainable": 38250, "non_trainable": 0, "total": 38250, "trainable_vs_reference": 0},
-        {"arm": "bn", "trainable": 38762, "non_trainable": 512, "total": 39274, "trainable_vs_reference": 512},
+        {"arm": "no_bn", "runs": 2, "trainable": 38250, "non_trainable": 0, "total": 38250,
+         "trainable_vs_reference": 0},
+        {"arm": "bn", "runs": 2, "trainable": 38762, "non_trainable": 512, "total": 39274,
+         "trainable_vs_reference": 512},
     ]
+
+
+def test_parameter_counts_that_vary_with_the_sweep_get_a_row_per_point(tmp_path):
+    writer = ExperimentWriter(tmp_path, "width", sweep_keys=["model.dense"])
+    for width, params in ((64, 1000), (128, 2000)):
+        writer.run("no_bn", 0, {"model.dense": width}, epochs([0.9]), completed(0.1, trainable=params))
+        writer.run("bn", 0, {"model.dense": width}, epochs([0.9]),
+                   completed(0.1, trainable=params + 2 * width, non_trainable=2 * width))
+    exp = report.load_experiment(writer.plan())
+    table = stats.parameter_table(exp.runs, exp.sweep_keys, "no_bn")
+    assert table[["model.dense", "arm", "trainable", "trainable_vs_reference"]].values.tolist() == [
+        [64, "no_bn", 1000, 0], [64, "bn", 1128, 128], [128, "no_bn", 2000, 0], [128, "bn", 2256, 256]]
 
 
 def test_partial_results_are_listed_not_dropped(tmp_path):
@@ -354,3 +368,27 @@ def test_importing_the_reporter_does_not_import_tensorflow_or_keras():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_experiment_without_a_sweep_gets_a_bar_chart_and_its_one_seed_caveat(tmp_path):
+    writer = ExperimentWriter(tmp_path / "results", "baseline")
+    writer.run("no_bn", 0, history=epochs([0.9, 0.96]), result=completed(0.03))
+    writer.run("bn", 0, history=epochs([0.95, 0.99]), result=completed(0.008))
+    writer.plan()
+    (out,) = report.write_reports(tmp_path / "unused", str(tmp_path / "results"))
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "curves_01_baseline.png", "steps_to_target.png", "test_error.png"]
+    page = (out / "index.html").read_text()
+    assert "bn vs no_bn: mean test-error difference -2.20 pp; one seed per point: no confidence interval." in page
+    assert "<td>no interval (1 seed)</td>" in page
+
+
+def test_an_explicit_target_metric_nobody_logged_is_reported_as_such(tmp_path):
+    writer = ExperimentWriter(tmp_path, "noval")
+    writer.run("no_bn", 0, history=[{"epoch": 1, "step": 10, "loss": 0.5, "accuracy": 0.9}], result=completed(0.1))
+    exp = report.load_experiment(writer.plan())
+    section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_loss", 0.4)
+    assert section.notes == ["No run logged val_loss: every run shows as not reached."]
+    assert list(section.tables[0].raw.reached) == [0]
+    default = stats.resolve_target(exp.runs, exp.history, [], "no_bn", None, None)
+    assert (default.metric, default.value) == ("accuracy", pytest.approx(0.81))
