@@ -89,7 +89,20 @@ def plan(config, overrides, results_dir, data_dir):
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to <run dir>/tensorboard.")
 @click.option("--deterministic", is_flag=True,
               help="Bit-identical reruns on CPU (same as --set train.deterministic=true; gives new run ids).")
-def run(config, overrides, results_dir, data_dir, quiet, tensorboard, deterministic):
+@click.option("--workers", "-j", type=click.IntRange(min=1), metavar="N",
+              help="Worker processes training runs side by side, the CPU threads split between them "
+                   "[default: one per CPU, at most one per run; 1 trains in this process].")
+@click.option("--executor", type=click.Choice(["processes", "sequential", "ray"]),
+              help="Where runs train: worker processes on this machine, one after another in this process, "
+                   "or Ray tasks on a cluster (pip install 'bnexp[ray]') [default: processes; ray with --address].")
+@click.option("--address", metavar="ADDR", help="Ray cluster to run on, e.g. ray://head:10001 or auto "
+              "[default: $RAY_ADDRESS, else a local Ray instance].")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              help="Ray: CPUs each run asks for (its training threads).")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Ray: GPUs each run asks for; a fraction shares one GPU between runs, e.g. 0.25.")
+def run(config, overrides, results_dir, data_dir, quiet, tensorboard, deterministic, workers, executor, address,
+        cpus_per_run, gpus_per_run):
     """Train every run of CONFIG that is not complete yet.
 
     Completed runs are skipped, so re-running the same command resumes a sweep. A diverging run
@@ -99,8 +112,10 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
     Example:
       bnexp run configs/lr_sweep.yaml --data-dir ../shared/data
       bnexp run configs/smoke.yaml --set train.epochs=1 --quiet
+      bnexp run configs/lr_sweep.yaml --executor ray --address auto --gpus-per-run 0.25
     """
-    from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sequential, run_sweep, write_experiment
+    from bnexp.executors import make_executor
+    from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sweep, write_experiment
     from bnexp.store import check_results_dir
 
     experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])])
@@ -109,7 +124,9 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
     write_experiment(experiment, runs, results_dir, str(config))
     context = RunContext(results_dir, data_dir, tensorboard=tensorboard)
     progress = SweepProgress(quiet=quiet)
-    summary = run_sweep(runs, context, run_sequential, progress)
+    executor = make_executor(executor or ("ray" if address else "processes"), workers, address, cpus_per_run,
+                             gpus_per_run)
+    summary = run_sweep(runs, context, executor, progress)
     click.echo(summary.line())
     if summary.interrupted:
         sys.exit(130)

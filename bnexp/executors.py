@@ -9,6 +9,7 @@ whichever worker takes it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -20,7 +21,7 @@ from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError
 from bnexp.runner import Executor, RunContext, run_sequential, train_one
-from bnexp.store import HISTORY, RESULT, SPEC, write_atomic
+from bnexp.store import HISTORY, RESULT, SPEC, RunLocked, is_complete, run_lock, write_atomic
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -133,8 +134,9 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
     """An executor training each run as a Ray task on the cluster at `address` (None: the
     running instance, $RAY_ADDRESS, or a new local one).
 
-    A task trains in a scratch folder on its node and returns the run's files; the driver writes
-    them into the results folder, so the nodes need the data but no shared file system.
+    A task trains in a scratch folder on its node and returns the run's files; the driver holds
+    the run's lock meanwhile and writes them into the results folder, so the nodes need the data
+    but no shared file system. A run interrupted before its task returned starts over.
     """
     try:
         import ray
@@ -149,20 +151,32 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
         task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run)
         threads = max(1, int(cpus_per_run))
         shipped = dataclasses.replace(context, on_epoch=None)
-        pending = {task.remote(spec, shipped, threads): spec for spec in runs}
+        pending: dict = {}  # task -> (spec, the claim on its run)
         try:
+            for spec in runs:
+                claim = contextlib.ExitStack()
+                try:
+                    claim.enter_context(run_lock(context.run_dir(spec)))
+                except RunLocked:
+                    yield spec, {"status": "running"}
+                    continue
+                if is_complete(context.run_dir(spec)):
+                    claim.close()
+                    yield spec, {"status": "skipped"}
+                    continue
+                pending[task.remote(spec, shipped, threads)] = spec, claim
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                spec = pending.pop(ref)
-                files = ray.get(ref)
-                run_dir = context.run_dir(spec)
-                for name, text in files.items():
-                    write_atomic(run_dir / name, text)
+                spec, claim = pending.pop(ref)
+                with claim:
+                    files = ray.get(ref)
+                    for name, text in files.items():
+                        write_atomic(context.run_dir(spec) / name, text)
                 yield spec, json.loads(files[RESULT])
-        except BaseException:
-            for ref in pending:
+        finally:
+            for ref, (_, claim) in pending.items():
                 ray.cancel(ref, force=True)
-            raise
+                claim.close()
 
     return execute
 
