@@ -103,6 +103,9 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
         batches = min(batches, train.steps_per_epoch)
     used = min(n, batches * train.batch_size)
     step_log = StepLossLog(train.log_every_steps)
+    # Evaluation needs no small batches (BN uses its moving statistics); one size for validation and
+    # test traces the evaluation function once. E2 on 12k images: 0.9 s at 1024 instead of 1.4 s at 16.
+    eval_batch = max(train.batch_size, 1024)
     callbacks = [step_log, keras.callbacks.TerminateOnNaN()]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
@@ -114,7 +117,8 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
         fit = model.fit(
             data.x_train[order], data.y_train[order],
             batch_size=train.batch_size, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-            validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=0,
+            validation_data=(data.x_val, data.y_val), validation_batch_size=eval_batch, callbacks=callbacks,
+            verbose=0,
         )
         logs = {key: float(values[-1]) for key, values in fit.history.items()}
         record = {
@@ -137,7 +141,7 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
 
     if stopper:
         stopper.restore(model)
-    test = model.evaluate(data.x_test, data.y_test, batch_size=max(train.batch_size, 256), verbose=0,
+    test = model.evaluate(data.x_test, data.y_test, batch_size=eval_batch, verbose=0,
                           return_dict=True)
     result.update(status="completed", test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
                   test_error=1.0 - float(test["accuracy"]))
