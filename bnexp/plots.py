@@ -12,6 +12,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from bnexp.stats import is_number
+
 REFERENCE_COLOUR = "#4c72b0"
 ARM_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
@@ -41,10 +43,6 @@ def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _log_axis(key: str, values: list) -> bool:
@@ -140,7 +138,10 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
                                 xytext=(0, -12 - 9 * i), textcoords="offset points", ha="center",
                                 fontsize="x-small", color=colours[arm])
         top = (part.test_error_mean + part.test_error_sd.fillna(0)).max() * 100
-        if chance_error is not None:
+        top = 0 if np.isnan(top) else top
+        # The chance line only where errors come near it; otherwise it would squash the data.
+        show_chance = chance_error is not None and top >= 50 * chance_error
+        if show_chance:
             ax.axhline(chance_error * 100, color="grey", ls=":", lw=1, label="chance")
         if log:
             ax.set_xscale("log")
@@ -149,7 +150,7 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
         if not numeric:
             ax.set_xlim(-0.5, len(values) - 0.5)
         # Headroom above the highest error bar and the chance line for the divergence marks.
-        highest = max(top if not np.isnan(top) else 0, (chance_error or 0) * 100, 1)
+        highest = max(top, chance_error * 100 if show_chance else 0, 1)
         ax.set_ylim(0, highest * 1.25)
         ax.set(xlabel=short_key(key), ylabel="test error (%)")
         if others:

@@ -173,6 +173,10 @@ def load_experiment(path: Path) -> Experiment:
             spec = _read_json(run_dir / "spec.json")
             arm, seed = spec["arm"], spec["seed"]
             point = spec.get("point") or {}
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise ValueError(f"seed: expected an integer, got {seed!r}")
+            if not isinstance(arm, str) or not arm:
+                raise ValueError(f"arm: expected a name, got {arm!r}")
             if not isinstance(point, dict):
                 raise ValueError("point is not a mapping")
         except (OSError, ValueError, KeyError) as error:
@@ -211,7 +215,9 @@ def load_experiment(path: Path) -> Experiment:
                 record["test_error"] = 1 - record["test_accuracy"]
             environment = result.get("environment") if isinstance(result.get("environment"), dict) else {}
             record["keras"] = environment.get("keras")
-            record["backend"] = environment.get("backend")
+            backend = environment.get("backend")
+            version = environment.get(backend) if isinstance(backend, str) else None
+            record["backend"] = f"{backend} {version}" if version else backend
             record["device"] = environment.get("device")
         records.append(record)
         if (run_dir / "history.jsonl").is_file():
@@ -391,14 +397,14 @@ def _test_error_section(exp: Experiment, colours: dict) -> Section:
     classes = exp.runs.num_classes.dropna().unique()
     chance_error = 1 - 1 / classes[0] if len(classes) == 1 else None
     # A numeric key makes an x axis; categorical keys split panels (unless all are categorical).
-    numeric = [k for k in keys if all(plots.is_number(v) for v in raw[k])]
+    numeric = [k for k in keys if all(stats.is_number(v) for v in raw[k])]
     for key in numeric or keys[:1]:
         others = [k for k in keys if k != key]
         figure, left_out = plots.plot_error_vs(raw, key, others, exp.arms, colours, chance_error)
         caption = (f"Test error vs {plots.short_key(key)}, mean ± sd over the completed seeds; an X at "
                    "the top marks a point where runs diverged (diverged/finished runs)")
         if chance_error is not None:
-            caption += "; dotted line: chance"
+            caption += "; dotted line, where errors come near it: chance"
         section.figures.append(_render(figure, f"test_error_vs_{_slug(plots.short_key(key))}", caption))
         if left_out:
             section.notes.append(f"Test error vs {plots.short_key(key)}: {left_out} panel(s) beyond the "
@@ -635,7 +641,7 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
             f"{arm} vs {ref}: mean test-error difference {spread}"
         tested = rows[rows.ci_low.notna()]
         if tested.empty:
-            text += "; one seed per point: no confidence interval."
+            text += f"; one seed{' per point' if keys else ''}: no confidence interval."
         elif keys:
             text += (f"; the 95% CI is below 0 (in {arm}'s favour) at {int((tested.ci_high < 0).sum())} and "
                      f"above 0 at {int((tested.ci_low > 0).sum())} of the {len(tested)} with 2+ seeds.")

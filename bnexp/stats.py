@@ -23,6 +23,11 @@ DEFAULT_LOSS_FACTOR = 1.1
 TARGET_METRICS = ("val_accuracy", "accuracy", "loss", "val_loss")
 
 
+def is_number(value) -> bool:
+    """True for ints and floats (numpy's too), False for bools, text and everything else."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _point_columns(group: pd.DataFrame, keys: list[str]) -> dict:
     """The sweep-key values shared by every run of a group."""
     return {key: group[key].iloc[0] for key in keys}
@@ -327,7 +332,7 @@ def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if LEARNING_RATE_KEY not in keys:
         return pd.DataFrame()
     others = [key for key in keys if key != LEARNING_RATE_KEY]
-    finished = runs[runs.status.isin(("completed", "diverged"))]
+    finished = runs[runs.status.isin(("completed", "diverged")) & runs[LEARNING_RATE_KEY].map(is_number)]
     if finished.empty:
         return pd.DataFrame()
     rows = []

@@ -40,7 +40,7 @@ def completed(test_error, *, epochs_run=3, trainable=1000, non_trainable=0):
     return {"status": "completed", "epochs_run": epochs_run, "diverged_epoch": None, "error": None,
             "test_loss": 0.1, "test_accuracy": 1 - test_error, "test_error": test_error,
             "trainable_params": trainable, "non_trainable_params": non_trainable, "wall_seconds": 2.0,
-            "environment": {"keras": "3.12.0", "backend": "tensorflow", "device": "cpu"}}
+            "environment": {"keras": "3.12.0", "backend": "tensorflow", "tensorflow": "2.20.0", "device": "cpu"}}
 
 
 def diverged(epoch, *, trainable=1000, non_trainable=0):
@@ -334,6 +334,7 @@ def test_report_folder_holds_a_self_contained_page_markdown_tables_and_plots(tmp
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
     assert "http://" not in page and "https://" not in page
     assert "scipy.stats.ttest_rel" in page and "bnexp 0.1.0" in page
+    assert "Keras 3.12.0 (tensorflow 2.20.0) on cpu" in page
     markdown = (out / "report.md").read_text()
     for name in pngs:
         assert f"](plots/{name})" in markdown
@@ -379,7 +380,7 @@ def test_an_experiment_without_a_sweep_gets_a_bar_chart_and_its_one_seed_caveat(
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "curves_01_baseline.png", "steps_to_target.png", "test_error.png"]
     page = (out / "index.html").read_text()
-    assert "bn vs no_bn: mean test-error difference -2.20 pp; one seed per point: no confidence interval." in page
+    assert "bn vs no_bn: mean test-error difference -2.20 pp; one seed: no confidence interval." in page
     assert "<td>no interval (1 seed)</td>" in page
 
 
