@@ -104,12 +104,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(wri
 
 @pytest.fixture
 def slow_config(tmp_path) -> Path:
-    """4 runs (2 arms x 2 seeds) of 4 epochs of 113 single-batch steps: long enough to kill mid-epoch."""
+    """4 runs (2 arms x 2 seeds) of 4 epochs of 30 single-batch steps: long enough to kill mid-epoch."""
     rng = np.random.default_rng(0)
-    y = np.arange(640) % 3
-    x = (rng.random((640, 8, 8)) * 60 + y[:, None, None] * 80).astype("uint8")
-    np.savez(tmp_path / "slow.npz", x_train=x[:600], y_train=y[:600].astype("uint8"),
-             x_test=x[600:], y_test=y[600:].astype("uint8"))
+    y = np.arange(200) % 3
+    x = (rng.random((200, 8, 8)) * 60 + y[:, None, None] * 80).astype("uint8")
+    np.savez(tmp_path / "slow.npz", x_train=x[:160], y_train=y[:160].astype("uint8"),
+             x_test=x[160:], y_test=y[160:].astype("uint8"))
     config = {
         "name": "slow", "seeds": [0, 1],
         "data": {"dataset": "npz", "path": str(tmp_path / "slow.npz"), "validation_split": 0.25},
