@@ -282,10 +282,10 @@ def set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
 
 def expand_preset(model: dict, source: str) -> dict:
     """Merge the model's own keys over its named preset."""
-    name = model.get("preset")
+    name = model.get("preset") if isinstance(model, dict) else None  # a non-mapping is reported by validation
     if name is None:
         return model
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(
             f"{source}: model.preset: unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}"
             + did_you_mean(str(name), PRESETS)
