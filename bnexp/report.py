@@ -101,10 +101,10 @@ def _point_value(value):
 
 def _sort_key(value) -> tuple:
     """Numbers in numeric order, then text, then missing values."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not pd.isna(value):
-        return (0, float(value), "")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return (2, 0.0, "")
+    if stats.is_number(value):
+        return (0, float(value), "")
     return (1, 0.0, str(value))
 
 
@@ -131,6 +131,42 @@ def _is_experiment_dir(path: Path) -> bool:
     return any((child / "spec.json").is_file() for child in path.iterdir() if child.is_dir())
 
 
+def _read_spec(run_dir: Path) -> dict:
+    """A run's spec.json, checked for what the tables need; ValueError naming what is wrong."""
+    spec = _read_json(run_dir / "spec.json")
+    for name in ("arm", "seed"):
+        if name not in spec:
+            raise ValueError(f"no {name!r}")
+    if not isinstance(spec["seed"], int) or isinstance(spec["seed"], bool):
+        raise ValueError(f"seed: expected an integer, got {spec['seed']!r}")
+    if not isinstance(spec["arm"], str) or not spec["arm"]:
+        raise ValueError(f"arm: expected a name, got {spec['arm']!r}")
+    if not isinstance(spec.get("point") or {}, dict):
+        raise ValueError("point: expected a mapping")
+    if isinstance(spec.get("format"), int) and spec["format"] > RESULTS_FORMAT:
+        raise ValueError(f"format {spec['format']} is newer than this bnexp reads ({RESULTS_FORMAT})")
+    return spec
+
+
+def _result_fields(result: dict) -> dict:
+    """The columns a run's result.json contributes to the runs table."""
+    fields = {"status": result["status"], "error": result.get("error")}
+    for name in ("epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
+                 "trainable_params", "non_trainable_params", "wall_seconds"):
+        fields[name] = _number(result.get(name))
+    if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
+        fields["test_error"] = 1 - fields["test_accuracy"]
+    given = result.get("num_classes")
+    if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
+        fields["num_classes"] = given
+    environment = result.get("environment") if isinstance(result.get("environment"), dict) else {}
+    backend = environment.get("backend")
+    version = environment.get(backend) if isinstance(backend, str) else None
+    fields.update(keras=environment.get("keras"), backend=f"{backend} {version}" if version else backend,
+                  device=environment.get("device"))
+    return fields
+
+
 def load_experiment(path: Path) -> Experiment:
     """Read an experiment directory: experiment.json and every run folder in it.
 
@@ -149,49 +185,31 @@ def load_experiment(path: Path) -> Experiment:
     if isinstance(meta.get("format"), int) and meta["format"] > RESULTS_FORMAT:
         raise ResultsError(f"{path}/experiment.json: results format {meta['format']} is newer than this "
                            f"bnexp reads ({RESULTS_FORMAT}); upgrade bnexp")
-    planned_ids = meta.get("run_ids") if isinstance(meta.get("run_ids"), list) else None
-
-    records, history_rows, step_rows, missing = [], [], [], []
-    found_ids, stale = set(), 0
+    planned = meta.get("run_ids") if isinstance(meta.get("run_ids"), list) else None
     try:
-        run_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
-                          and p.name != REPORT_DIR)
+        run_dirs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "spec.json").is_file())
     except OSError as error:
         raise ResultsError(f"{path}: cannot list the experiment folder ({error.strerror})") from None
-    spec_point_keys: list[str] = []
+    if planned is not None:
+        stale = [p for p in run_dirs if p.name not in planned]
+        if stale:
+            warnings.append(f"{len(stale)} run folder(s) not in the current plan (experiment.json) were left out")
+        run_dirs = [p for p in run_dirs if p.name in planned]
+
+    records, history_rows, step_rows, missing = [], [], [], []
+    point_keys: list[str] = []
     for run_dir in run_dirs:
-        if planned_ids is not None and run_dir.name not in planned_ids:
-            if (run_dir / "spec.json").is_file():
-                stale += 1
-            continue
-        if not (run_dir / "spec.json").is_file():
-            missing.append({"run_id": run_dir.name, "status": "unreadable", "detail": "spec.json is missing"})
-            found_ids.add(run_dir.name)
-            continue
-        found_ids.add(run_dir.name)
         try:
-            spec = _read_json(run_dir / "spec.json")
-            arm, seed = spec["arm"], spec["seed"]
-            point = spec.get("point") or {}
-            if not isinstance(seed, int) or isinstance(seed, bool):
-                raise ValueError(f"seed: expected an integer, got {seed!r}")
-            if not isinstance(arm, str) or not arm:
-                raise ValueError(f"arm: expected a name, got {arm!r}")
-            if not isinstance(point, dict):
-                raise ValueError("point is not a mapping")
-        except (OSError, ValueError, KeyError) as error:
-            missing.append({"run_id": run_dir.name, "status": "unreadable",
-                            "detail": f"spec.json: {error if not isinstance(error, KeyError) else 'no ' + str(error)}"})
+            spec = _read_spec(run_dir)
+        except (OSError, ValueError) as error:
+            missing.append({"run_id": run_dir.name, "status": "unreadable", "detail": f"spec.json: {error}"})
             continue
-        if isinstance(spec.get("format"), int) and spec["format"] > RESULTS_FORMAT:
-            missing.append({"run_id": run_dir.name, "status": "unreadable",
-                            "detail": f"spec.json format {spec['format']} is newer than this bnexp reads"})
-            continue
-        spec_point_keys.extend(k for k in point if k not in spec_point_keys)
+        point = spec.get("point") or {}
+        point_keys.extend(k for k in point if k not in point_keys)
         meta.setdefault("arms", spec.get("arms"))
         meta.setdefault("reference_arm", spec.get("reference_arm"))
         config = spec.get("config") if isinstance(spec.get("config"), dict) else {}
-        record = {"run_id": run_dir.name, "arm": str(arm), "seed": seed,
+        record = {"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
                   **{f"point:{k}": _point_value(v) for k, v in point.items()},
                   "status": "incomplete", "error": None, "num_classes": _num_classes(config)}
         if (run_dir / "result.json").is_file():
@@ -200,62 +218,42 @@ def load_experiment(path: Path) -> Experiment:
                 if result.get("status") not in RESULT_STATUSES:
                     raise ValueError(f"unknown status {result.get('status')!r}")
             except (OSError, ValueError) as error:
-                missing.append({"run_id": run_dir.name, "arm": str(arm), "seed": seed,
+                missing.append({"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
                                 "status": "unreadable", "detail": f"result.json: {error}"})
                 continue
-            record["status"] = result["status"]
-            given = result.get("num_classes")
-            if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
-                record["num_classes"] = given
-            record["error"] = result.get("error")
-            for name in ("epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
-                         "trainable_params", "non_trainable_params", "wall_seconds"):
-                record[name] = _number(result.get(name))
-            if math.isnan(record["test_error"]) and not math.isnan(record["test_accuracy"]):
-                record["test_error"] = 1 - record["test_accuracy"]
-            environment = result.get("environment") if isinstance(result.get("environment"), dict) else {}
-            record["keras"] = environment.get("keras")
-            backend = environment.get("backend")
-            version = environment.get(backend) if isinstance(backend, str) else None
-            record["backend"] = f"{backend} {version}" if version else backend
-            record["device"] = environment.get("device")
+            record.update(_result_fields(result))
         records.append(record)
-        if (run_dir / "history.jsonl").is_file():
-            try:
-                epochs = _read_history(run_dir / "history.jsonl")
-            except (OSError, ValueError) as error:
-                warnings.append(f"{run_dir.name}/history.jsonl unreadable ({error}): "
-                                "its curves and steps-to-target are left out")
-                epochs = []
-            for row in epochs:
-                history_rows.append({"run_id": run_dir.name, "epoch": row["epoch"],
-                                     "step": _number(row.get("step")),
-                                     **{m: _number(row.get(m)) for m in HISTORY_METRICS if m in row}})
-                for pair in row.get("step_losses") or []:
-                    if isinstance(pair, list) and len(pair) == 2:
-                        step_rows.append((run_dir.name, _number(pair[0]), _number(pair[1])))
-    if stale:
-        warnings.append(f"{stale} run folder(s) not in the current plan (experiment.json) were left out")
-    if planned_ids is not None:
-        for run_id in planned_ids:
-            if run_id not in found_ids:
-                missing.append({"run_id": run_id, "status": "not started", "detail": "no run folder yet"})
+        try:
+            epochs = _read_history(run_dir / "history.jsonl") if (run_dir / "history.jsonl").is_file() else []
+        except (OSError, ValueError) as error:
+            warnings.append(f"{run_dir.name}/history.jsonl unreadable ({error}): "
+                            "its curves and steps-to-target are left out")
+            epochs = []
+        for row in epochs:
+            history_rows.append({"run_id": run_dir.name, "epoch": row["epoch"], "step": _number(row.get("step")),
+                                 **{m: _number(row.get(m)) for m in HISTORY_METRICS if m in row}})
+            step_rows.extend((run_dir.name, _number(pair[0]), _number(pair[1]))
+                             for pair in row.get("step_losses") or [] if isinstance(pair, list) and len(pair) == 2)
+    if planned is not None:
+        started = {p.name for p in run_dirs}
+        missing += [{"run_id": run_id, "status": "not started", "detail": "no spec.json yet"}
+                    for run_id in planned if run_id not in started]
 
     keys = [k for k in (meta.get("sweep_keys") or []) if isinstance(k, str)]
-    keys += [k for k in spec_point_keys if k not in keys]
-    arms = [str(a) for a in (meta.get("arms") or [])]
+    keys += [k for k in point_keys if k not in keys]
     runs = pd.DataFrame(records)
-    if not runs.empty:
-        arms += [a for a in dict.fromkeys(runs.arm) if a not in arms]
-    reference = str(meta.get("reference_arm") or (arms[0] if arms else ""))
+    arms = [str(a) for a in (meta.get("arms") or [])]
+    arms += [a for a in dict.fromkeys(runs.arm if not runs.empty else []) if a not in arms]
     runs = _finish_runs(runs, keys, arms)
     history = pd.DataFrame(history_rows, columns=["run_id", "epoch", "step", *HISTORY_METRICS])
-    history = history.merge(runs[["run_id", "arm", "seed", "point_id"]], on="run_id") if not runs.empty else history
+    if not runs.empty:
+        history = history.merge(runs[["run_id", "arm", "seed", "point_id"]], on="run_id")
     runs = _add_final_values(runs, history)
+    seeds = meta.get("seeds") or (sorted(set(runs.seed)) if not runs.empty else [])
     return Experiment(
         name=str(meta.get("experiment") or path.name), path=path, sweep_keys=keys, arms=arms,
-        reference_arm=reference, seeds=list(meta.get("seeds") or (sorted(set(runs.seed)) if not runs.empty else [])),
-        planned=len(planned_ids) if planned_ids is not None else len(records) + len(missing),
+        reference_arm=str(meta.get("reference_arm") or (arms[0] if arms else "")), seeds=list(seeds),
+        planned=len(planned) if planned is not None else len(records) + len(missing),
         config_file=meta.get("config_file"), bnexp_version=meta.get("bnexp_version"),
         runs=runs, history=history,
         step_losses=pd.DataFrame(step_rows, columns=["run_id", "step", "loss"]),
@@ -276,7 +274,8 @@ def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.Dat
         runs[key] = runs.pop(source) if source in runs else None
     points = list(runs[keys].itertuples(index=False, name=None)) if keys else [()] * len(runs)
     order = sorted(set(points), key=lambda p: tuple(_sort_key(v) for v in p))
-    runs["point_id"] = [order.index(p) for p in points]
+    ids = {point: i for i, point in enumerate(order)}
+    runs["point_id"] = [ids[p] for p in points]
     runs["arm_order"] = runs.arm.map({arm: i for i, arm in enumerate(arms)})
     return runs.sort_values(["point_id", "arm_order", "seed"], kind="stable").reset_index(drop=True)
 
@@ -328,7 +327,7 @@ def _key_columns(table: pd.DataFrame, keys: list[str]) -> dict:
 
 @dataclass
 class Table:
-    """A report table: `raw` goes to tables/<name>.csv, `display` onto the page."""
+    """A report table: `raw` goes to tables/<name>.csv, `display` onto the page (none if empty)."""
 
     name: str
     title: str
@@ -758,10 +757,9 @@ def render_html(exp: Experiment, sections: list[Section]) -> str:
                          + "</ul>")
         if section.collapsed:
             parts.append(f"<details><summary>Show {len(section.tables[0].display)} rows</summary>")
-        for table in section.tables:
-            if table.display.empty:
-                continue
-            if len(section.tables) > 1:
+        shown = [table for table in section.tables if not table.display.empty]
+        for table in shown:
+            if len(shown) > 1:
                 parts.append(f"<h3>{html.escape(table.title)}</h3>")
             parts.append(_html_table(table.display))
         if section.collapsed:
@@ -785,10 +783,9 @@ def render_markdown(exp: Experiment, sections: list[Section]) -> str:
     for section in sections:
         lines += ["", f"## {section.title}", "", section.explanation, ""]
         lines += [f"- {bullet}" for bullet in section.bullets] + ([""] if section.bullets else [])
-        for table in section.tables:
-            if table.display.empty:
-                continue
-            if len(section.tables) > 1:
+        shown = [table for table in section.tables if not table.display.empty]
+        for table in shown:
+            if len(shown) > 1:
                 lines += [f"### {table.title}", ""]
             lines += [_md_table(table.display), ""]
         lines += [f"![{plot.caption}](plots/{plot.name}.png)\n" for plot in section.figures]
