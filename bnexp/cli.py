@@ -28,7 +28,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except BnexpError as exc:
-            raise UserError(str(exc)) from None
+            # One line even when the message quotes a user's key or value that holds a newline.
+            raise UserError(str(exc).replace("\r", "\\r").replace("\n", "\\n")) from None
 
 
 results_option = click.option(

@@ -194,6 +194,35 @@ def test_a_bad_sweep_value_names_the_sweep_point(config_file, key, values):
     assert_one_line_error(plan(config_file, raw), key, "sweep point")
 
 
+def paths(node, prefix=()):
+    """Every key path in a config, sections and leaves alike."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield (*prefix, key)
+        yield from paths(value, (*prefix, key))
+
+
+anything = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+                        lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                        max_leaves=6)
+
+
+@fuzz
+@given(path=st.sampled_from([p for p in paths(BASE) if p != ("data", "dataset")]), value=anything)
+def test_any_value_anywhere_is_one_line_or_nothing_to_fix(config_file, path, value):
+    # A value that happens to be valid gets as far as the (absent) dataset: still one line, exit 2.
+    raw = base()
+    place(raw, path, value)
+    assert_one_line_error(plan(config_file, raw))
+
+
+@fuzz
+@given(item=st.text(max_size=40))
+def test_any_set_override_is_one_line(config_file, item):
+    assert_one_line_error(plan(config_file, base(), item))
+
+
 @fuzz
 @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200),
                       st.sampled_from(["", "   \n", "# only a comment\n", "---\n", "~\n", "null\n"]),
