@@ -646,7 +646,9 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
                      f"above 0 at {int((tested.ci_low > 0).sum())} of the {len(tested)} with 2+ seeds.")
         else:
             row = tested.iloc[0]
-            text += f", 95% CI [{_pp(row.ci_low)}, {_pp(row.ci_high)}] pp, paired t-test p = {_p_value(row.p_value)}."
+            verdict = "includes 0" if row.ci_low <= 0 <= row.ci_high else "excludes 0"
+            text += (f", 95% CI [{_pp(row.ci_low)}, {_pp(row.ci_high)}] pp ({verdict}), paired t-test "
+                     f"p = {_p_value(row.p_value)}; {arm} won {row.wins} of {row.decided} seeds.")
         section.bullets.append(text)
     for arm in exp.arms:
         rows = stability[stability.arm == arm] if not stability.empty else stability

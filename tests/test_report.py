@@ -393,3 +393,19 @@ def test_an_explicit_target_metric_nobody_logged_is_reported_as_such(tmp_path):
     assert list(section.tables[0].raw.reached) == [0]
     default = stats.resolve_target(exp.runs, exp.history, [], "no_bn", None, None)
     assert (default.metric, default.value) == ("accuracy", pytest.approx(0.81))
+
+
+def test_summary_states_the_interval_whether_it_excludes_zero_and_the_wins(tmp_path):
+    writer = ExperimentWriter(tmp_path, "summary")
+    for seed, (ref, bn) in enumerate(((0.03, 0.01), (0.04, 0.02), (0.05, 0.04))):
+        writer.run("no_bn", seed, history=epochs([0.9]), result=completed(ref))
+        writer.run("bn", seed, history=epochs([0.9]), result=completed(bn))
+    exp = report.load_experiment(writer.plan())
+    paired = stats.paired_table(exp.runs, [], exp.arms, "no_bn")
+    summary = report._summary_section(exp, paired, stats.stability_table(exp.runs, []))
+    assert summary.bullets == [
+        "bn vs no_bn: mean test-error difference -1.67 pp, 95% CI [-3.10, -0.23] pp (excludes 0), "
+        "paired t-test p = 0.038; bn won 3 of 3 seeds.",
+        "no_bn: no run diverged or stuck at chance.",
+        "bn: no run diverged or stuck at chance.",
+    ]
