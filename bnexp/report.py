@@ -499,7 +499,8 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
     if raw.empty:
         section.notes.append("No run has logged an epoch yet.")
         return section
-    ranges = ["–" if r == 0 else f"{lo:,.0f}–{hi:,.0f}" for r, lo, hi in zip(raw.reached, raw.step_min, raw.step_max)]
+    ranges = ["–" if reached == 0 else f"{low:,.0f}–{high:,.0f}"
+              for reached, low, high in zip(raw.reached, raw.step_min, raw.step_max)]
     display = pd.DataFrame({
         **_key_columns(raw, keys), "arm": raw.arm,
         "reached": [f"{r} of {n}" for r, n in zip(raw.reached, raw.runs)],
