@@ -54,7 +54,8 @@ def train_run(
     history: list[dict] = []
     result = {"status": "failed", "epochs_run": 0, "diverged_epoch": None, "error": None,
               "test_loss": None, "test_accuracy": None, "test_error": None,
-              "trainable_params": None, "non_trainable_params": None, "resumed_from_epoch": None}
+              "trainable_params": None, "non_trainable_params": None, "num_classes": None,
+              "resumed_from_epoch": None}
     try:
         _fit(RunConfig.model_validate(spec.config), run_dir, data_dir, history, result, tensorboard,
              lambda record: on_epoch(spec, record) if on_epoch else None)
@@ -96,6 +97,7 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
     else:
         result["resumed_from_epoch"] = len(history)
     result["trainable_params"], result["non_trainable_params"] = count_params(model)
+    result["num_classes"] = data.num_classes  # lets the report tell "stuck at chance" for any dataset
 
     n = len(data.x_train)
     batches = math.ceil(n / train.batch_size)
