@@ -170,21 +170,23 @@ def test_killed_and_interrupted_sweeps_finish_with_every_run_exactly_once(slow_c
     results = tmp_path / "results"
     experiment = results / "slow"
     runs = [experiment / spec.run_id for spec in expand_runs(load_config(slow_config), str(slow_config))]
-    workers = ("--workers", "2")
 
-    # Two workers: runs 0 and 1 train side by side, then 2 and 3.
+    def finished():
+        return [run for run in runs if (run / "result.json").exists()]
+
+    # Phases 1 and 2 use two worker processes (runs 0 and 1 train side by side), 3 and 4 none.
     # 1. SIGKILL in the middle of run 0's third epoch (or while it saves its checkpoint).
-    sweep = Sweep(slow_config, results, "kill-mid-epoch", *workers)
+    sweep = Sweep(slow_config, results, "kill-mid-epoch", "--workers", "2")
     sweep.wait_until(lambda: len(history_epochs(runs[0])) >= 2)
     assert sweep.stop(signal.SIGKILL) == -signal.SIGKILL
     epochs_at_kill = len(history_epochs(runs[0]))
-    assert not (runs[0] / "result.json").exists()
+    assert not finished()
     assert (runs[0] / "checkpoint.keras").exists() and (runs[0] / LOCK).exists()  # a stale lock file
     assert "running" not in cli("status", "slow", "--results", results).output  # the OS dropped the locks
 
-    # 2. Ctrl-C once run 2 or 3 is under way: one summary line, exit status 130.
-    sweep = Sweep(slow_config, results, "ctrl-c", *workers)
-    sweep.wait_until(lambda: max(len(history_epochs(run)) for run in runs[2:]) >= 1)
+    # 2. Ctrl-C as soon as run 0 has its result: one summary line, exit status 130.
+    sweep = Sweep(slow_config, results, "ctrl-c", "--workers", "2")
+    sweep.wait_until(lambda: runs[0] in finished())
     assert sweep.stop(signal.SIGINT) == 130
     summary = re.fullmatch(r"interrupted: 4 runs: (\d) completed; 0 already complete \(skipped\); (\d) left "
                            r"\(run the same command again to resume\)", sweep.lines[-1])
@@ -193,17 +195,18 @@ def test_killed_and_interrupted_sweeps_finish_with_every_run_exactly_once(slow_c
     first = json.loads((runs[0] / "result.json").read_text())
     assert first["resumed_from_epoch"] in (epochs_at_kill - 1, epochs_at_kill)  # not from scratch
 
-    # 3. SIGKILL between runs, as soon as run 2 or 3 has its result; then leave a half-written
+    # 3. SIGKILL between runs, as soon as one more run has its result; then leave a half-written
     #    temporary result behind, as a kill during a write would.
-    sweep = Sweep(slow_config, results, "kill-between-runs", *workers)
-    sweep.wait_until(lambda: any((run / "result.json").exists() for run in runs[2:]))
+    done = len(finished())
+    sweep = Sweep(slow_config, results, "kill-between-runs", "--workers", "1")
+    sweep.wait_until(lambda: len(finished()) > done)
     sweep.stop(signal.SIGKILL)
-    unfinished = next((run for run in runs[2:] if not (run / "result.json").exists()), runs[3])
+    unfinished = next(run for run in runs if run not in finished())
     unfinished.mkdir(parents=True, exist_ok=True)
     (unfinished / ".result.json.x1y2z3.tmp").write_text('{"status": "compl')
 
     # 4. The same command once more finishes the sweep.
-    sweep = Sweep(slow_config, results, "finish", *workers)
+    sweep = Sweep(slow_config, results, "finish", "--workers", "1")
     assert sweep.finish() == 0, sweep.err.read_text()
     assert sweep.lines[-1].startswith("4 runs: ") and sweep.lines[-1].endswith("; 0 left")
 
@@ -320,7 +323,7 @@ def test_a_read_only_results_folder_stops_before_training(write_config, tmp_path
 def test_a_full_disk_stops_the_sweep_and_keeps_earlier_files(write_config, tmp_path, monkeypatch):
     results = tmp_path / "results"
     config = write_config({"arms": {"bn": {}}})
-    assert cli("run", config, "--results", results).exit_code == 0
+    assert cli("run", config, "--workers", 1, "--results", results).exit_code == 0
     before = tree(results / "tiny")
     real_mkstemp = tempfile.mkstemp
 
@@ -332,7 +335,7 @@ def test_a_full_disk_stops_the_sweep_and_keeps_earlier_files(write_config, tmp_p
         return fd, name
 
     monkeypatch.setattr(bnexp.store.tempfile, "mkstemp", history_on_a_full_disk)
-    error = one_line_error(cli("run", config, "--set", "train.epochs=2", "--results", results))
+    error = one_line_error(cli("run", config, "--workers", 1, "--set", "train.epochs=2", "--results", results))
     assert error.endswith(f"history.jsonl: cannot write ({os.strerror(errno.ENOSPC)}); the previous version is kept")
     after = tree(results / "tiny")
     assert {name: data for name, data in after.items() if name in before and name != "experiment.json"} == \
@@ -345,7 +348,7 @@ def test_a_full_disk_stops_the_sweep_and_keeps_earlier_files(write_config, tmp_p
 def test_deterministic_runs_give_bit_identical_histories_and_test_metrics(write_config, tmp_path):
     config = write_config({"train.epochs": 2, "arms": {"bn": {}}})  # a CNN with BN: convolutions and moving statistics
     for copy in ("a", "b"):
-        assert cli("run", config, "--deterministic", "--results", tmp_path / copy).exit_code == 0
+        assert cli("run", config, "--deterministic", "--workers", 1, "--results", tmp_path / copy).exit_code == 0
     runs = sorted(p.name for p in (tmp_path / "a" / "tiny").iterdir() if p.is_dir())
     assert len(runs) == 1
     for run_id in runs:
@@ -365,7 +368,7 @@ def test_a_diverging_arm_is_recorded_as_diverged_while_the_bn_arm_trains(write_c
         "train.optimizer": "sgd", "train.learning_rate": 0.1, "train.epochs": 2,
     })
     results = tmp_path / "results"
-    out = cli("run", config, "--results", results)
+    out = cli("run", config, "--workers", 1, "--results", results)
     assert out.exit_code == 0, out.output
     statuses = {json.loads((p / "spec.json").read_text())["arm"]: json.loads((p / "result.json").read_text())
                 for p in (results / "tiny").iterdir() if p.is_dir()}
