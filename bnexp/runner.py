@@ -44,6 +44,11 @@ NOT_TRAINED = {
 }
 
 
+# `bnexp status` takes a run's lock for an instant to see whether it is held; waiting this long
+# keeps such a look from making a sweep skip the run.
+LOCK_WAIT = 1.0
+
+
 def train_one(spec: RunSpec, context: RunContext) -> dict:
     """Train one run into its folder: the one function every executor calls for a run that
     trains where its results are stored.
@@ -56,7 +61,7 @@ def train_one(spec: RunSpec, context: RunContext) -> dict:
 
     run_dir = context.run_dir(spec)
     try:
-        with run_lock(run_dir):
+        with run_lock(run_dir, wait=LOCK_WAIT):
             if is_complete(run_dir):
                 return {"status": "skipped"}
             return train_run(spec, run_dir, context.data_dir,

@@ -89,14 +89,15 @@ def is_complete(run_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run's lock while training it; raises RunLocked at once when another process holds it.
+def run_lock(run_dir: Path, wait: float = 0) -> Iterator[None]:
+    """Hold the run's lock while training it; raises RunLocked when another process still holds it
+    after `wait` seconds.
 
     The lock is an OS file lock (flock), which the OS drops when its process dies: a killed run
     leaves the lock file behind but never a lock that blocks the next `bnexp run`.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(run_dir / LOCK, timeout=0)
+    lock = FileLock(run_dir / LOCK, timeout=wait)
     try:
         lock.acquire()
     except Timeout:
