@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -249,6 +250,24 @@ def test_a_run_locked_by_another_process_is_skipped_and_shown_running(write_conf
         assert bnexp.store.run_status(context.run_dir(spec)) == "running"
     assert bnexp.store.run_status(context.run_dir(spec)) == "pending"
     assert not (context.run_dir(spec) / "spec.json").exists()
+
+
+def test_a_lock_held_for_an_instant_by_bnexp_status_does_not_skip_the_run(write_config, tmp_path):
+    path = write_config()
+    spec = expand_runs(load_config(path), str(path))[0]
+    context = RunContext(tmp_path / "results", None)
+    probing = threading.Event()
+
+    def status_probe():
+        with run_lock(context.run_dir(spec)):
+            probing.set()
+            time.sleep(0.2)
+
+    probe = threading.Thread(target=status_probe)
+    probe.start()
+    probing.wait()
+    assert train_one(spec, context)["status"] == "completed"
+    probe.join()
 
 
 # --- bad input ----------------------------------------------------------------------------------
