@@ -253,6 +253,8 @@ def test_a_run_locked_by_another_process_is_skipped_and_shown_running(write_conf
 
 
 def test_a_lock_held_for_an_instant_by_bnexp_status_does_not_skip_the_run(write_config, tmp_path):
+    import bnexp.train  # noqa: F401  (loaded now, so train_one reaches the lock while the probe holds it)
+
     path = write_config()
     spec = expand_runs(load_config(path), str(path))[0]
     context = RunContext(tmp_path / "results", None)
