@@ -140,9 +140,12 @@ def check_format(path: Path) -> None:
     if not path.exists():
         return
     record = read_json(path)
-    found = record.get("format") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        raise ResultsError(f"{path}: not a bnexp results file (unreadable JSON); use another --results folder "
+                           "(nothing was changed)")
+    found = record.get("format")
     if found != RESULTS_FORMAT:
-        version = record.get("bnexp_version", "unknown") if isinstance(record, dict) else "unknown"
+        version = record.get("bnexp_version", "unknown")
         raise ResultsError(
             f"{path}: written in results format {found} (bnexp {version}); this bnexp {__version__} reads "
             f"format {RESULTS_FORMAT}; use another --results folder or that bnexp version (nothing was changed)"
