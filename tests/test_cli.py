@@ -13,7 +13,9 @@ from bnexp.cli import main
 @pytest.fixture
 def cli(tmp_path):
     def invoke(*args):
-        return CliRunner().invoke(main, [*map(str, args), "--results", str(tmp_path / "results")])
+        # One worker trains in this process, so tests can patch what it calls.
+        workers = ["--workers", "1"] if args[0] == "run" else []
+        return CliRunner().invoke(main, [*map(str, args), *workers, "--results", str(tmp_path / "results")])
 
     return invoke
 
@@ -106,7 +108,7 @@ def test_missing_dataset_is_one_line_before_any_training(cli, write_config, tmp_
     assert not result_files(tmp_path)
 
 
-@pytest.mark.parametrize("command", ["plan", "run", "report"])
+@pytest.mark.parametrize("command", ["plan", "run", "report", "status"])
 def test_every_command_has_help_with_an_example(command):
     out = CliRunner().invoke(main, [command, "-h"])
     assert out.exit_code == 0 and "Example:" in out.output and "bnexp " + command in out.output
