@@ -27,6 +27,8 @@ from bnexp.sweep import RunSpec
 # A worker's epoch records reach the driver through this queue (set in each worker process).
 _epoch_queue: multiprocessing.Queue | None = None
 _threads_set = False
+# The driver's settings a Ray task needs: the Keras backend, and JAX's share of a shared GPU.
+FORWARDED_ENV = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
 
 
 def available_cpus() -> int:
@@ -148,7 +150,10 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
             return
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, logging_level="WARNING")
-        task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run)
+        # A cluster's workers start with their node's environment, not the driver's.
+        env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
+                                                 **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}))
         threads = max(1, int(cpus_per_run))
         shipped = dataclasses.replace(context, on_epoch=None)
         pending: dict = {}  # task -> (spec, the claim on its run)
