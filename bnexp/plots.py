@@ -160,7 +160,7 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     axes[0].legend(fontsize="small")
-    fig.suptitle(f"Test error vs {short_key(key)} (mean ± sd over seeds; X: runs diverged, of finished)")
+    fig.suptitle(f"Test error vs {short_key(key)} (mean ± sd over seeds)")  # the caption explains the X marks
     return fig, left_out
 
 
