@@ -115,6 +115,10 @@ def run_processes(workers: int | None = None) -> Executor:
                     for future in done:
                         yield running.pop(future), future.result()
             except BaseException:
+                # Ctrl-C in a terminal reaches the workers too, but a SIGINT or an error in this process
+                # alone must not wait for their runs to end: each resumes from its last epoch next time.
+                for process in list(pool._processes.values()):
+                    process.terminate()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
             finally:
