@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError
 from bnexp.runner import Executor, RunContext, run_sequential, train_one
-from bnexp.store import HISTORY, RESULT, SPEC, RunLocked, is_complete, run_lock, write_atomic
+from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, RunLocked, is_complete, run_lock, write_atomic
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -181,6 +181,7 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
                     files = ray.get(ref)
                     for name, text in files.items():
                         write_atomic(context.run_dir(spec) / name, text)
+                    (context.run_dir(spec) / CHECKPOINT).unlink(missing_ok=True)  # an earlier try's, now stale
                 yield spec, json.loads(files[RESULT])
         finally:
             for ref, (_, claim) in pending.items():
