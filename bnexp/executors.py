@@ -41,8 +41,14 @@ def available_cpus() -> int:
 
 def default_workers(runs: int) -> int:
     """One single-threaded worker per CPU, no more than the runs: the small models of these
-    experiments keep one core busy each far better than they share several."""
-    return max(1, min(available_cpus(), runs))
+    experiments keep one core busy each far better than they share several. A worker holds its
+    backend and a copy of the data, so at most one per 1.5 GiB of memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        memory = None
+    by_memory = int(memory // (1.5 * 2**30)) if memory else runs
+    return max(1, min(available_cpus(), runs, by_memory))
 
 
 def set_backend_threads(threads: int) -> None:
@@ -72,10 +78,17 @@ def set_backend_threads(threads: int) -> None:
         torch.set_num_interop_threads(threads)
 
 
-def _init_worker(threads: int, epoch_queue) -> None:
+def _init_worker(threads: int, workers: int, epoch_queue) -> None:
     global _epoch_queue
     _epoch_queue = epoch_queue
+    # Workers sharing a GPU must not each take most of its memory, as JAX and TensorFlow do by default.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / workers):.3f}")
     set_backend_threads(threads)
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
     import keras  # noqa: F401  (once per worker, not once per run)
 
 
@@ -101,7 +114,7 @@ def run_processes(workers: int | None = None) -> Executor:
         shipped = dataclasses.replace(context, on_epoch=None)
         todo = list(reversed(runs))
         with cf.ProcessPoolExecutor(count, mp_context=spawn, initializer=_init_worker,
-                                    initargs=(threads, epochs)) as pool:
+                                    initargs=(threads, count, epochs)) as pool:
             # Only `count` runs in flight: nothing queued behind them to cancel on Ctrl-C, and runs
             # start in the sweep's order.
             running: dict[cf.Future, RunSpec] = {}

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from bnexp.config import load_config
+from bnexp.errors import BnexpError
 from bnexp.executors import default_workers, make_executor, run_processes, run_ray
 from bnexp.runner import RunContext, SweepProgress, run_sequential, run_sweep
 from bnexp.store import HISTORY, RESULT, SPEC, read_history, read_json
@@ -103,7 +104,7 @@ def test_ray_tasks_store_what_worker_processes_store(tmp_path, runs, process_res
 
 def test_missing_ray_is_one_line_on_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(Exception, match=r"^--executor ray needs Ray: pip install 'bnexp\[ray\]'$"):
+    with pytest.raises(BnexpError, match=r"^--executor ray needs Ray: pip install 'bnexp\[ray\]'$"):
         run_ray()
 
 
