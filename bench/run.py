@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -219,10 +218,9 @@ def matmul_flops(n: int = 2048, repeats: int = 7) -> float:
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
+    from bnexp.executors import available_cpus
+
+    cpus = available_cpus()
     versions = subprocess.run([sys.executable, "-c", "import keras, tensorflow as tf; print(keras.__version__, tf.__version__)"],
                               env=ENV, capture_output=True, text=True).stdout.split()
     return (f"{model}, {cpus} CPUs usable, Python {platform.python_version()}, "
