@@ -75,22 +75,28 @@ def assert_close_runs(a, b):
 
 
 @pytest.fixture(scope="module")
+def sequential_results(tmp_path_factory, runs):
+    results_dir = tmp_path_factory.mktemp("sequential")
+    run_sweep(runs, RunContext(results_dir, None), run_sequential, SweepProgress(quiet=True))
+    return stored(results_dir, runs)
+
+
+@pytest.fixture(scope="module")
 def process_results(tmp_path_factory, runs):
     results_dir = tmp_path_factory.mktemp("processes")
     summary, epochs = sweep_with(run_processes(2), runs, results_dir)
     return summary, epochs, stored(results_dir, runs)
 
 
-def test_worker_processes_store_the_sequential_results(tmp_path, runs, process_results):
+def test_worker_processes_store_the_sequential_results(runs, process_results, sequential_results):
     summary, epochs, in_workers = process_results
     assert summary.statuses == {"completed": 4}
     # Epoch progress crosses the process boundary.
     assert sorted(epochs) == sorted((spec.run_id, epoch) for spec in runs for epoch in (1, 2))
-    run_sweep(runs, RunContext(tmp_path, None), run_sequential, SweepProgress(quiet=True))
-    assert_close_runs(in_workers, stored(tmp_path, runs))
+    assert_close_runs(in_workers, sequential_results)
 
 
-def test_ray_tasks_store_what_worker_processes_store(tmp_path, runs, process_results):
+def test_ray_tasks_store_the_sequential_results(tmp_path, runs, process_results, sequential_results):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
@@ -98,8 +104,10 @@ def test_ray_tasks_store_what_worker_processes_store(tmp_path, runs, process_res
     finally:
         ray.shutdown()
     assert summary.statuses == {"completed": 4}
-    # One thread per run in both: bit-identical records, written by the driver in the same layout.
-    assert stored(tmp_path, runs) == process_results[2]
+    on_ray = stored(tmp_path, runs)
+    assert_close_runs(on_ray, sequential_results)
+    # One thread per run, as in the worker processes: bit-identical records.
+    assert on_ray == process_results[2]
 
 
 def test_missing_ray_is_one_line_on_how_to_install_it(monkeypatch):
