@@ -164,8 +164,9 @@ class ExperimentConfig(Strict):
     data: dict[str, Any]
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
-    # Which --set put a key into data/model/train, so run-level errors can name it.
-    _key_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    # --set overrides of data/model/train keys: {key: (value, "--set ...")}. They are applied per
+    # run, after the preset is expanded, so they can reach into a preset's lists.
+    _overrides: dict[str, tuple[Any, str]] = PrivateAttr(default_factory=dict)
 
     @field_validator("seeds")
     @classmethod
@@ -203,12 +204,19 @@ class ExperimentConfig(Strict):
         return self
 
     def run_config(self, overrides: dict[str, tuple[Any, str]], seed: int, source: str) -> RunConfig:
-        """The RunConfig with dotted `overrides` ({key: (value, where it came from)}) applied."""
+        """The RunConfig with dotted `overrides` ({key: (value, where it came from)}) applied
+        after the --set ones; an error names the --set, sweep point or arm that caused it."""
+        overrides = self._overrides | overrides
+        key_sources = {key: origin for key, (_, origin) in overrides.items()}
         raw = {"data": copy.deepcopy(self.data), "model": copy.deepcopy(self.model), "train": copy.deepcopy(self.train)}
+        preset_source = key_sources.get("model.preset", source)
+        if "model.preset" in overrides and isinstance(raw["model"], dict):
+            raw["model"]["preset"] = overrides["model.preset"][0]
+        # The preset first, so that `model.conv.2.pool` can change one value of a preset's list.
+        raw["model"] = expand_preset(raw["model"], preset_source)
         for key, (value, origin) in overrides.items():
             set_dotted(raw, key, value, origin)
-        key_sources = self._key_sources | {key: origin for key, (_, origin) in overrides.items()}
-        raw["model"] = expand_preset(raw["model"], key_sources.get("model.preset", source))
+        raw["model"] = expand_preset(raw["model"], preset_source)  # a replaced model section may name a preset
         raw["seed"] = seed
         return validate(RunConfig, raw, source, key_sources)
 
@@ -233,14 +241,17 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raise ConfigError(f"{path}: the file is empty; expected a mapping with keys data, model, train")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    key_sources = {}
+    run_overrides, key_sources = {}, {}
     for item in overrides:
         key, value = parse_override(item)
-        set_dotted(raw, key, value, f"--set {item}")
-        key_sources[key] = f"--set {item}"
+        if key.split(".")[0] in ("data", "model", "train"):
+            run_overrides[key] = (value, f"--set {item}")
+        else:
+            set_dotted(raw, key, value, f"--set {item}")
+            key_sources[key] = f"--set {item}"
     raw.setdefault("name", path.stem)
     experiment = validate(ExperimentConfig, raw, str(path), key_sources)
-    experiment._key_sources = key_sources
+    experiment._overrides = run_overrides
     # Check the base run first so errors point at the file, not at a sweep point.
     experiment.run_config({}, experiment.seeds[0], str(path))
     for arm, changes in experiment.arms.items():

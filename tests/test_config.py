@@ -104,3 +104,21 @@ def _grid_size(sweep):
     for values in sweep.values():
         size *= len(values)
     return size
+
+
+def test_set_can_change_one_value_inside_a_preset_list(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {dataset: fashion_mnist}\nmodel: {preset: e1_cifar_cnn}\n")
+    config = load_config(path, ["model.conv.2.pool=7"])
+    model = config.run_config({}, 0, str(path)).model
+    assert [block.pool for block in model.conv] == [2, 2, 7]
+    assert [block.filters for block in model.conv] == [32, 32, 64]
+
+
+def test_an_arm_may_switch_the_preset(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {dataset: mnist}\nmodel: {preset: e2_mnist_cnn}\n"
+                    "seeds: [0]\narms: {e2: {}, e4: {model.preset: e4_mnist_cnn}}\n")
+    e2, e4 = expand_runs(load_config(path), str(path))
+    assert e2.config["model"]["dense"] == [256] and e4.config["model"]["dense"] == [64]
+    assert e4.config["model"]["batch_norm"]["use_bias"] is False
