@@ -179,6 +179,9 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
 class StepLossLog(keras.callbacks.Callback):
     """Samples the training loss every `every` optimizer steps, for steps-to-target analysis.
 
+    Keras reports the running mean of the loss since the epoch began, which lags behind the
+    model; each sample is instead the mean over the steps since the previous sample, recovered
+    exactly from two running means (mean_b * k_b - mean_a * k_a over k_b - k_a steps).
     With steps_per_execution > 1 Keras calls back once per execution (and its batch index can run
     past the epoch's end), so the step is read from the optimizer and samples fall on the first
     callback at or past each multiple of `every`."""
@@ -186,17 +189,20 @@ class StepLossLog(keras.callbacks.Callback):
     def __init__(self, every: int):
         super().__init__()
         self.every = every
-        self.samples: list[list[float]] = []
-        self.next_step = every
+        self.start(0)
 
     def start(self, step: int) -> None:
-        self.samples = []
+        self.samples: list[list[float]] = []
+        self.epoch_start = self.last_step = step
+        self.last_total = 0.0  # sum of the batch losses of this epoch up to last_step
         self.next_step = (step // self.every + 1) * self.every
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
         if step >= self.next_step and logs and "loss" in logs:
-            self.samples.append([step, float(logs["loss"])])
+            total = float(logs["loss"]) * (step - self.epoch_start)
+            self.samples.append([step, (total - self.last_total) / (step - self.last_step)])
+            self.last_step, self.last_total = step, total
             self.next_step = (step // self.every + 1) * self.every
 
 

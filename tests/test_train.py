@@ -6,7 +6,7 @@ import pytest
 
 from bnexp.config import EarlyStoppingConfig, TrainConfig, load_config
 from bnexp.sweep import expand_runs
-from bnexp.train import EarlyStopper, epoch_order, train_run
+from bnexp.train import EarlyStopper, StepLossLog, epoch_order, train_run
 
 
 def test_both_arms_see_the_same_batches_in_the_same_order(write_config, tmp_path, monkeypatch):
@@ -82,3 +82,18 @@ def test_early_stopping_waits_patience_epochs_and_restores_the_best(monitor, val
     assert epoch == stops_after
     stopper.restore(model)
     assert model.weights == best
+
+
+def test_step_losses_are_window_means_not_the_epoch_running_mean():
+    class Model:
+        class optimizer:
+            iterations = 0
+
+    log = StepLossLog(every=2)
+    log.set_model(Model())
+    log.start(0)
+    batch_losses = [4.0, 2.0, 1.0, 1.0, 0.5, 0.5]
+    for step, _ in enumerate(batch_losses, start=1):
+        Model.optimizer.iterations = step
+        log.on_train_batch_end(step - 1, {"loss": sum(batch_losses[:step]) / step})  # Keras' running mean
+    assert log.samples == [[2, 3.0], [4, 1.0], [6, 0.5]]
