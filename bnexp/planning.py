@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bnexp.config import ExperimentConfig, RunConfig
+from bnexp.errors import DataError
 from bnexp.store import run_status
 from bnexp.sweep import RunSpec
 
@@ -13,10 +14,10 @@ from bnexp.sweep import RunSpec
 def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, data_dir: Path | None) -> str:
     import pandas as pd
 
-    params = parameter_counts(runs, data_dir)
+    params, missing_data = parameter_counts(runs, data_dir)
     rows = []
     for spec in runs:
-        trainable, frozen = params[_model_key(spec)]
+        trainable, frozen = params.get(_model_key(spec), ("?", "?"))
         rows.append({
             **{key: value for key, value in spec.point.items()},
             "arm": spec.arm,
@@ -33,22 +34,28 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
     totals = (f"{experiment.name}: {len(runs)} runs = {points} sweep point(s) x {len(experiment.arms)} arm(s) "
               f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
               f"(results in {results_dir / experiment.name})")
-    return f"{table}\n\n{totals}"
+    note = f"\nparameter counts need the data ('?' above): {missing_data}" if missing_data else ""
+    return f"{table}\n\n{totals}{note}"
 
 
-def parameter_counts(runs: list[RunSpec], data_dir: Path | None) -> dict[str, tuple[int, int]]:
-    """(trainable, non-trainable) per distinct model and input shape; builds each model once."""
+def parameter_counts(runs: list[RunSpec], data_dir: Path | None) -> tuple[dict[str, tuple[int, int]], str | None]:
+    """(trainable, non-trainable) per distinct model and input shape, building each model once;
+    and why some are missing: a CSV or npz config needs its file to know the input size."""
     from bnexp.data import dataset_info
     from bnexp.models import build_model, count_params
 
-    counts = {}
+    counts, missing = {}, None
     for spec in runs:
         key = _model_key(spec)
         if key not in counts:
             config = RunConfig.model_validate(spec.config)
-            input_shape, num_classes = dataset_info(config.data, data_dir)
+            try:
+                input_shape, num_classes = dataset_info(config.data, data_dir)
+            except DataError as exc:
+                missing = str(exc)
+                continue
             counts[key] = count_params(build_model(config.model, input_shape, num_classes, config.seed))
-    return counts
+    return counts, missing
 
 
 def _model_key(spec: RunSpec) -> str:

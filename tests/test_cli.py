@@ -128,3 +128,11 @@ def test_help_does_not_import_tensorflow():
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "bnexp", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Usage: bnexp" in out.stdout
+
+
+def test_plan_without_the_data_file_still_lists_the_runs(cli, write_config, tmp_path):
+    config = write_config({"data.dataset": "csv", "data.path": "missing.csv", "data.label_column": "y"})
+    out = cli("plan", config)
+    assert out.exit_code == 0, out.output
+    assert out.output.count(" ? ") >= 2
+    assert "parameter counts need the data ('?' above): " in out.output and "missing.csv" in out.output
