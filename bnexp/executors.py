@@ -16,6 +16,8 @@ import multiprocessing
 import os
 import queue
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,9 +80,18 @@ def set_backend_threads(threads: int) -> None:
         torch.set_num_interop_threads(threads)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Poll for the driver's death: a SIGKILL leaves it no chance to stop its workers, and a worker
+    training on would keep its run locked, so the next `bnexp run` would skip that run."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
 def _init_worker(threads: int, workers: int, epoch_queue) -> None:
     global _epoch_queue
     _epoch_queue = epoch_queue
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     # Workers sharing a GPU must not each take most of its memory, as JAX and TensorFlow do by default.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / workers):.3f}")
     set_backend_threads(threads)

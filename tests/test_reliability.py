@@ -437,3 +437,24 @@ def test_status_names_what_it_cannot_find(tmp_path):
 def test_status_help_ends_with_an_example():
     out = cli("status", "-h")
     assert out.exit_code == 0 and "Example:" in out.output and "bnexp status" in out.output
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_driver_exit_and_free_their_runs(slow_config, tmp_path):
+    results = tmp_path / "results"
+    first = results / "slow" / expand_runs(load_config(slow_config), str(slow_config))[0].run_id
+    sweep = Sweep(slow_config, results, "kill-driver", "--workers", "2")
+    sweep.wait_until(lambda: len(history_epochs(first)) >= 1)
+    os.kill(sweep.process.pid, signal.SIGKILL)  # the driver alone, as an out-of-memory killer would
+    sweep.process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while True:  # its workers notice within a second or two and exit, which drops their runs' locks
+        try:
+            os.killpg(sweep.process.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(sweep.process.pid, signal.SIGKILL)
+            pytest.fail("the workers outlived their killed driver by 30 s, keeping their runs locked")
+        time.sleep(0.1)
+    assert "running" not in cli("status", "slow", "--results", results).output
