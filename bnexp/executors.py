@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError
-from bnexp.runner import Executor, RunContext, run_sequential, train_one
-from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, RunLocked, is_complete, run_lock, write_atomic
+from bnexp.runner import Executor, RunContext, claim_run, run_sequential, train_one
+from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, write_atomic
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -188,14 +188,10 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
         try:
             for spec in runs:
                 claim = contextlib.ExitStack()
-                try:
-                    claim.enter_context(run_lock(context.run_dir(spec)))
-                except RunLocked:
-                    yield spec, {"status": "running"}
-                    continue
-                if is_complete(context.run_dir(spec)):
+                not_trained = claim.enter_context(claim_run(context.run_dir(spec)))
+                if not_trained:
                     claim.close()
-                    yield spec, {"status": "skipped"}
+                    yield spec, not_trained
                     continue
                 pending[task.remote(spec, shipped, threads)] = spec, claim
             while pending:

@@ -49,25 +49,32 @@ NOT_TRAINED = {
 LOCK_WAIT = 1.0
 
 
-def train_one(spec: RunSpec, context: RunContext) -> dict:
-    """Train one run into its folder: the one function every executor calls for a run that
-    trains where its results are stored.
+@contextlib.contextmanager
+def claim_run(run_dir: Path) -> Iterator[dict | None]:
+    """Hold the run's lock while the caller trains it; yields None when the run is this process's to
+    train, else the record saying why not (status `running` or `skipped`, see NOT_TRAINED).
 
-    Holding the run's lock while training is what lets several `bnexp run` share a results folder:
-    a run locked by another process, or completed by one since this sweep was planned, is not
-    trained again; its record says so (status `running` or `skipped`, see NOT_TRAINED).
+    Holding the lock while training is what lets several `bnexp run` share a results folder: a run
+    locked by another process, or completed by one since this sweep was planned, is not trained again.
     """
+    try:
+        with run_lock(run_dir, wait=LOCK_WAIT):
+            yield {"status": "skipped"} if is_complete(run_dir) else None
+    except RunLocked:
+        yield {"status": "running"}
+
+
+def train_one(spec: RunSpec, context: RunContext) -> dict:
+    """Claim and train one run into its folder: what every executor calls for a run that trains
+    where its results are stored."""
     from bnexp.train import train_run
 
     run_dir = context.run_dir(spec)
-    try:
-        with run_lock(run_dir, wait=LOCK_WAIT):
-            if is_complete(run_dir):
-                return {"status": "skipped"}
-            return train_run(spec, run_dir, context.data_dir,
-                             tensorboard=context.tensorboard, on_epoch=context.on_epoch)
-    except RunLocked:
-        return {"status": "running"}
+    with claim_run(run_dir) as not_trained:
+        if not_trained:
+            return not_trained
+        return train_run(spec, run_dir, context.data_dir,
+                         tensorboard=context.tensorboard, on_epoch=context.on_epoch)
 
 
 def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
