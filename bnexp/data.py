@@ -66,6 +66,12 @@ def dataset_info(data, data_dir: Path | None) -> tuple[tuple[int, ...], int]:
     return dataset.input_shape, dataset.num_classes
 
 
+def builtin_num_classes(dataset: str) -> int | None:
+    """The number of classes of a built-in dataset (mnist, fashion_mnist, cifar10), else None."""
+    builtin = _BUILTINS.get(dataset)
+    return builtin.num_classes if builtin else None
+
+
 class _Request(NamedTuple):
     """The hashable cache key: the data config's values, with the csv/npz path resolved."""
 

@@ -24,17 +24,16 @@ import numpy as np
 import pandas as pd
 
 from bnexp import RESULTS_FORMAT, __version__, plots, stats
+from bnexp.data import builtin_num_classes
 from bnexp.errors import ResultsError
+from bnexp.store import EXPERIMENT, FINAL_STATUSES, HISTORY, RESULT, SPEC, read_history
 
 REPORT_DIR = "report"
 # Curves get one figure per sweep point; past this many the page would be a wall of plots.
 MAX_CURVE_POINTS = 24
 # Image resolution: sharp on screen and in a PDF appendix, small enough to embed.
 DPI = 110
-FINISHED = ("completed", "diverged")
-RESULT_STATUSES = ("completed", "diverged", "failed")
-# Classes of the datasets bnexp knows by name, for the chance level.
-DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+RESULT_STATUSES = (*FINAL_STATUSES, "failed")
 # A completed run is "stuck at chance" when its final accuracy is at most chance plus this
 # margin: 5 points, or half the chance rate when that is smaller (many classes).
 CHANCE_MARGIN = 0.05
@@ -69,22 +68,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_history(path: Path) -> list[dict]:
-    """The epoch records of a history.jsonl, in file order."""
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"line {number}: {error}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise ValueError(f"line {number}: not an epoch record")
-        rows.append(row)
-    return rows
-
-
 def _number(value) -> float:
     """A float, or NaN for null, text and other non-numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -109,14 +92,10 @@ def _sort_key(value) -> tuple:
 
 
 def _num_classes(config: dict) -> int | None:
-    """Number of classes from the config's `data.num_classes` / `model.num_classes`, or a known
-    dataset name (result.json's `num_classes`, when the runner writes one, takes precedence)."""
+    """Number of classes of a built-in dataset named in the run's config, for runs whose
+    result.json (which records `num_classes`) is not written yet."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    for given in (data.get("num_classes"), model.get("num_classes")):
-        if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
-            return given
-    return DATASET_CLASSES.get(str(data.get("dataset", data.get("name", ""))).lower())
+    return builtin_num_classes(str(data.get("dataset", "")))
 
 
 def chance_threshold(num_classes: float) -> float:
@@ -126,14 +105,14 @@ def chance_threshold(num_classes: float) -> float:
 
 
 def _is_experiment_dir(path: Path) -> bool:
-    if (path / "experiment.json").is_file():
+    if (path / EXPERIMENT).is_file():
         return True
-    return any((child / "spec.json").is_file() for child in path.iterdir() if child.is_dir())
+    return any((child / SPEC).is_file() for child in path.iterdir() if child.is_dir())
 
 
 def _read_spec(run_dir: Path) -> dict:
     """A run's spec.json, checked for what the tables need; ValueError naming what is wrong."""
-    spec = _read_json(run_dir / "spec.json")
+    spec = _read_json(run_dir / SPEC)
     for name in ("arm", "seed"):
         if name not in spec:
             raise ValueError(f"no {name!r}")
@@ -177,9 +156,9 @@ def load_experiment(path: Path) -> Experiment:
     path = Path(path)
     warnings: list[str] = []
     meta: dict = {}
-    if (path / "experiment.json").is_file():
+    if (path / EXPERIMENT).is_file():
         try:
-            meta = _read_json(path / "experiment.json")
+            meta = _read_json(path / EXPERIMENT)
         except (OSError, ValueError) as error:
             warnings.append(f"experiment.json unreadable ({error}); the plan was rebuilt from the run folders")
     if isinstance(meta.get("format"), int) and meta["format"] > RESULTS_FORMAT:
@@ -187,7 +166,7 @@ def load_experiment(path: Path) -> Experiment:
                            f"bnexp reads ({RESULTS_FORMAT}); upgrade bnexp")
     planned = meta.get("run_ids") if isinstance(meta.get("run_ids"), list) else None
     try:
-        run_dirs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "spec.json").is_file())
+        run_dirs = sorted(p for p in path.iterdir() if p.is_dir() and (p / SPEC).is_file())
     except OSError as error:
         raise ResultsError(f"{path}: cannot list the experiment folder ({error.strerror})") from None
     if planned is not None:
@@ -212,9 +191,9 @@ def load_experiment(path: Path) -> Experiment:
         record = {"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
                   **{f"point:{k}": _point_value(v) for k, v in point.items()},
                   "status": "incomplete", "error": None, "num_classes": _num_classes(config)}
-        if (run_dir / "result.json").is_file():
+        if (run_dir / RESULT).is_file():
             try:
-                result = _read_json(run_dir / "result.json")
+                result = _read_json(run_dir / RESULT)
                 if result.get("status") not in RESULT_STATUSES:
                     raise ValueError(f"unknown status {result.get('status')!r}")
             except (OSError, ValueError) as error:
@@ -224,7 +203,7 @@ def load_experiment(path: Path) -> Experiment:
             record.update(_result_fields(result))
         records.append(record)
         try:
-            epochs = _read_history(run_dir / "history.jsonl") if (run_dir / "history.jsonl").is_file() else []
+            epochs = read_history(run_dir / HISTORY)
         except (OSError, ValueError) as error:
             warnings.append(f"{run_dir.name}/history.jsonl unreadable ({error}): "
                             "its curves and steps-to-target are left out")
@@ -575,7 +554,7 @@ def _parameters_section(exp: Experiment) -> Section:
 
 
 def _missing_section(exp: Experiment) -> Section:
-    unfinished = exp.runs[~exp.runs.status.isin(FINISHED)]
+    unfinished = exp.runs[~exp.runs.status.isin(FINAL_STATUSES)]
     rows = [{"run_id": run.run_id, "arm": run.arm, "seed": run.seed,
              "point": plots.point_label({k: run[k] for k in exp.sweep_keys}), "status": run.status,
              "detail": (run.error if isinstance(run.error, str) else "") if run.status == "failed"
@@ -660,7 +639,7 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
         if not stuck.empty:
             parts.append(f"{int(stuck.stuck_at_chance.sum())} run(s) stuck at chance{where(stuck)}")
         section.bullets.append(f"{arm}: " + ("; ".join(parts) if parts else "no run diverged or stuck at chance") + ".")
-    unfinished = int((~exp.runs.status.isin(FINISHED)).sum()) + len(exp.missing)
+    unfinished = int((~exp.runs.status.isin(FINAL_STATUSES)).sum()) + len(exp.missing)
     if unfinished:
         section.bullets.append(f"{unfinished} of {exp.planned} planned runs are missing, failed or still "
                                "running: see “Missing and incomplete runs”.")

@@ -64,11 +64,24 @@ def read_json(path: Path) -> Any | None:
 
 
 def read_history(path: Path) -> list[dict]:
+    """The epoch records of a history.jsonl in file order ([] when there is none yet); ValueError
+    naming the line when one is not an epoch record."""
     try:
         lines = path.read_text().splitlines()
-    except OSError:
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"line {number}: {error}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise ValueError(f"line {number}: not an epoch record")
+        rows.append(row)
+    return rows
 
 
 def run_status(run_dir: Path) -> str:
