@@ -120,8 +120,8 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
     from bnexp.store import check_results_dir
 
     experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])])
+    check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
     check_data(pending_runs(runs, results_dir), data_dir)
-    check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])
     write_experiment(experiment, runs, results_dir, str(config))
     context = RunContext(results_dir, data_dir, tensorboard=tensorboard)
     progress = SweepProgress(quiet=quiet)
