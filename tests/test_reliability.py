@@ -122,6 +122,13 @@ def slow_config(tmp_path) -> Path:
     return path
 
 
+# `python -m bnexp` with Ctrl-C handled as in a terminal, even when this test runs where SIGINT is
+# ignored (a background job of a non-interactive shell), which every child would inherit. The
+# driver's handler is reset to the default on exec in its spawned workers, so they get it too.
+WITH_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv[0] = 'bnexp'; runpy.run_module('bnexp', run_name='__main__')")
+
+
 class Sweep:
     """`bnexp run` in a real process group (the driver and its workers), with its output in files (a
     pipe could fill up and block it). Signals go to the whole group, as Ctrl-C in a terminal or a job
@@ -131,7 +138,7 @@ class Sweep:
         self.out, self.err = config.parent / f"{name}.out", config.parent / f"{name}.err"
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "bnexp", "run", str(config), "--results",
+            self.process = subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, "run", str(config), "--results",
                                              str(results), *options], stdout=out, stderr=err, env=env,
                                             start_new_session=True)
 
