@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+    model_validator,
 )
 
 from bnexp.errors import ConfigError
@@ -28,9 +31,41 @@ DEFAULT_ARMS = {
     "bn": {"model.batch_norm.enabled": True},
 }
 
+# The sections an arm may change. The arms of a pair must see the same data (so not data.*) and
+# share the run seed (so not seed): otherwise a paired difference measures the data or the seed.
+ARM_SECTIONS = ("model", "train")
+
+# keras.utils.set_random_seed (train.py) seeds NumPy's global generator, which takes 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1: `batch_size: true` would train with batches of one.
+        kind = _number_kind(cls.model_fields[info.field_name].annotation)
+        if kind and (isinstance(value, bool) or isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError(f"expected {kind}, got {format_value(value)}; true and false are not numbers")
+        return value
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """'an integer' or 'a number' for int and float fields, also inside `X | None`, `list[X]` and
+    constrained types; None for other fields."""
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list and args:
+        kind = _number_kind(args[0])
+        return kind and f"a list of {'integers' if kind == 'an integer' else 'numbers'}"
+    if origin in (Union, types.UnionType, Annotated):
+        return next((kind for arg in args if (kind := _number_kind(arg))), None)
+    return None
 
 
 class DataConfig(Strict):
@@ -44,7 +79,7 @@ class DataConfig(Strict):
     train_subset: PositiveInt | None = None  # first N training rows: smoke runs and reduced scales
     test_subset: PositiveInt | None = None
     scaling: Literal["unit", "standardize", "none"] | None = None  # None: unit for images, standardize for csv
-    split_seed: int = 0  # fixed across runs so every run sees the same split
+    split_seed: int = Field(0, ge=0)  # fixed across runs so every run sees the same split; NumPy needs >= 0
 
     @model_validator(mode="after")
     def _needs_path(self):
@@ -149,7 +184,7 @@ class RunConfig(Strict):
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = TrainConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class ExperimentConfig(Strict):
@@ -173,6 +208,9 @@ class ExperimentConfig(Strict):
     def _unique_seeds(cls, seeds):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct, got {seeds}")
+        for seed in seeds:
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed {seed} is outside 0 to {MAX_SEED} (2**32 - 1), the seeds NumPy and Keras accept")
         return seeds
 
     @field_validator("arms")
@@ -221,8 +259,9 @@ class ExperimentConfig(Strict):
         return validate(RunConfig, raw, source, key_sources)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML experiment file, apply `--set key=value` overrides and validate it."""
+def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file, apply `--set key=value` overrides and `--sweep key=[values]` axes,
+    validate it and check that it means one experiment: every setting takes effect and every run differs."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -230,13 +269,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raise ConfigError(f"{path}: no such config file") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    raw = load_yaml(text, str(path))
     if raw is None:
         raise ConfigError(f"{path}: the file is empty; expected a mapping with keys data, model, train")
     if not isinstance(raw, dict):
@@ -249,25 +282,147 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         else:
             set_dotted(raw, key, value, f"--set {item}")
             key_sources[key] = f"--set {item}"
+    for item in sweeps:
+        key, values = parse_override(item, "--sweep", "'train.learning_rate=[0.01, 0.1]'")
+        if not isinstance(values, list):
+            raise ConfigError(f"--sweep {item}: expected KEY=[VALUES], a YAML list, e.g. --sweep '{key}=[{values}]'")
+        if raw.get("sweep") is None:
+            raw["sweep"] = {}
+        if isinstance(raw["sweep"], dict):  # else validation names the file's bad sweep
+            raw["sweep"][key] = values
+            key_sources[f"sweep.{key}"] = f"--sweep {item}"
     raw.setdefault("name", path.stem)
     experiment = validate(ExperimentConfig, raw, str(path), key_sources)
     experiment._overrides = run_overrides
+    sweep_sources = {key: key_sources.get(f"sweep.{key}") or key_sources.get("sweep", f"{path}: sweep.{key}")
+                     for key in experiment.sweep}
+    _check_arm_keys(experiment, path)
+    _check_conflicts(experiment, path, sweep_sources)
     # Check the base run first so errors point at the file, not at a sweep point.
     experiment.run_config({}, experiment.seeds[0], str(path))
     for arm, changes in experiment.arms.items():
         experiment.run_config({k: (v, f"{path}: arms.{arm}") for k, v in changes.items()}, experiment.seeds[0], str(path))
+    _check_repeated_sweep_values(experiment, path, sweep_sources)
     return experiment
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """Split `key=value` from --set; the value is read as YAML (numbers, lists, true/false)."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
+    would keep the last value and drop the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merge keys (<<) may be overridden on purpose; odd keys are the constructor's to report
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise _DuplicateKey(f"{key}: key given twice, at lines {first_line[key]} and {line}; "
+                                    "YAML would keep only the last, so keep one")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The YAML document in `text`; ConfigError naming `source` when it is not valid YAML or repeats a key."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+def parse_override(item: str, option: str = "--set", example: str = "train.epochs=1") -> tuple[str, Any]:
+    """Split `key=value` from --set or --sweep; the value is read as YAML (numbers, lists, true/false)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=1")
+        raise ConfigError(f"{option} {item}: expected KEY=VALUE, e.g. {option} {example}")
     try:
-        return key.strip(), yaml.safe_load(text)
+        return key.strip(), yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{option} {item}: {exc}") from None
     except yaml.YAMLError:
-        raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+        raise ConfigError(f"{option} {item}: the value is not valid YAML") from None
+
+
+def _covers(outer: str, inner: str) -> bool:
+    """True when setting dotted key `outer` replaces `inner`: the same key or one inside it."""
+    return inner == outer or inner.startswith(outer + ".")
+
+
+def _check_arm_keys(experiment: ExperimentConfig, path: Path) -> None:
+    """An arm may change only the model and the training: not the data or the seed its pair shares."""
+    for arm, changes in experiment.arms.items():
+        for key in changes:
+            section = key.split(".")[0]
+            if section in ARM_SECTIONS:
+                continue
+            where = f"{path}: arms.{arm}.{key}"
+            if section == "seed":
+                raise ConfigError(f"{where}: an arm may not set the seed: the arms of a pair share each seed; "
+                                  "list the seeds in seeds:")
+            if section == "data":
+                raise ConfigError(f"{where}: an arm may not change the data: the arms of a pair must see the same "
+                                  f"data; sweep it instead (sweep: {{{key}: [...]}}) or write a second config")
+            raise ConfigError(f"{where}: unknown key; an arm may set only model.* and train.* keys"
+                              + did_you_mean(section, ARM_SECTIONS))
+
+
+def _check_conflicts(experiment: ExperimentConfig, path: Path, sweep_sources: dict[str, str]) -> None:
+    """A swept key no arm overrides, and no --set that a sweep axis or every arm would override."""
+    for key, source in sweep_sources.items():
+        for arm, changes in experiment.arms.items():
+            covering = next((k for k in changes if _covers(k, key)), None)
+            if covering:
+                raise ConfigError(
+                    f"{source}: arm {arm!r} sets {covering} too, so this sweep would not change its runs; "
+                    f"sweep another key, or take {covering} out of the arms"
+                    + (" (arms: {run: {}} gives one arm whose runs the sweep tells apart)"
+                       if experiment.arms == DEFAULT_ARMS else ""))
+    for key, (value, source) in experiment._overrides.items():
+        swept = next((k for k in experiment.sweep if _covers(k, key)), None)
+        if swept:
+            raise ConfigError(f"{source}: {key} is swept (sweep.{swept}), so this --set would be ignored; "
+                              f"to change the swept values use --sweep '{swept}=[...]'")
+        arm_keys = [next((k for k in changes if _covers(k, key)), None) for changes in experiment.arms.values()]
+        if all(arm_keys):
+            raise ConfigError(f"{source}: every arm sets {arm_keys[0]} ({', '.join(experiment.arms)}), so this --set "
+                              "would be ignored; change the arms instead, e.g. --set 'arms={...}'")
+
+
+def _check_repeated_sweep_values(experiment: ExperimentConfig, path: Path, sweep_sources: dict[str, str]) -> None:
+    """No sweep axis lists a value twice, also after reading (0.1 and 1.0e-1, '1e-3' and 0.001)."""
+    for key, values in experiment.sweep.items():
+        seen = {}
+        for index, value in enumerate(values, 1):
+            try:
+                resolved = experiment.run_config({key: (value, "")}, experiment.seeds[0], str(path))
+            except ConfigError:  # valid only with another axis's value, or invalid: expand_runs names the point
+                read = value
+            else:
+                read = get_dotted(resolved.model_dump(mode="json"), key)
+            canonical = json.dumps(read, sort_keys=True, default=str)
+            if canonical in seen:
+                first, first_value = seen[canonical]
+                raise ConfigError(f"{sweep_sources[key]}: values {first} ({format_value(first_value)}) and {index} "
+                                  f"({format_value(value)}) are the same {key}; list each value once")
+            seen[canonical] = (index, value)
+
+
+def get_dotted(raw: Any, key: str) -> Any:
+    """The value at dotted `key` in nested dicts and lists (the inverse of set_dotted)."""
+    for part in key.split("."):
+        raw = raw[int(part)] if isinstance(raw, list) else raw[part]
+    return raw
 
 
 def set_dotted(raw: dict, key: str, value: Any, source: str) -> None:

@@ -8,7 +8,8 @@ from bnexp.config import load_config
 from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs
 
-BASE = "data: {dataset: mnist}\nmodel: {preset: e2_mnist_cnn}\n"
+DATA = "data: {dataset: mnist}\n"
+BASE = DATA + "model: {preset: e2_mnist_cnn}\n"
 
 
 @pytest.mark.parametrize(
@@ -18,12 +19,12 @@ BASE = "data: {dataset: mnist}\nmodel: {preset: e2_mnist_cnn}\n"
         (BASE + "train: {batch_size: -3}\n", [], "{f}: train.batch_size: expected a number > 0, got -3"),
         (BASE + "train: {learning_rate: 0}\n", [], "{f}: train.learning_rate: expected a number > 0, got 0"),
         (BASE + "train: {epochs: many}\n", [], "{f}: train.epochs: expected an integer, got 'many'"),
-        (BASE + "model: {dropout: {rate: 1.0}}\n", [], "{f}: model.dropout.rate: expected a number < 1, got 1.0"),
+        (DATA + "model: {dropout: {rate: 1.0}}\n", [], "{f}: model.dropout.rate: expected a number < 1, got 1.0"),
         ("data: {dataset: mnist, validation_split: 0}\n", [],
          "{f}: data.validation_split: expected a number > 0, got 0"),
         ("data: {dataset: imagenet}\n", [],
          "{f}: data.dataset: expected one of mnist, fashion_mnist, cifar10, csv or npz, got 'imagenet'"),
-        (BASE + "model: {activation: relu6}\n", [],
+        (DATA + "model: {activation: relu6}\n", [],
          "{f}: model.activation: expected one of relu, sigmoid, tanh, elu, selu, gelu, swish, leaky_relu, "
          "softplus or linear, got 'relu6'"),
         (BASE + "train: {optimizer: adamax}\n", [],
@@ -36,7 +37,7 @@ BASE = "data: {dataset: mnist}\nmodel: {preset: e2_mnist_cnn}\n"
         (BASE + "reference: nobn\n", [], "{f}: reference: 'nobn' is not an arm; arms: no_bn, bn"),
         (BASE + "sweep: {train.learning_rate: []}\n", [], "{f}: sweep.train.learning_rate: needs at least one value"),
         ("data: {dataset: csv}\n", [], "{f}: data.path: required when dataset is 'csv'"),
-        (BASE + "model: {dense: [8], dropout: {rate: 0.5, placement: after_dense}}\n"
+        (DATA + "model: {dense: [8], dropout: {rate: 0.5, placement: after_dense}}\n"
          "arms: {a: {model.dense: []}}\n", [],
          "{f}: model.dropout.placement: 'after_dense' needs at least one dense layer"),
         (BASE + "sweep: {train.learning_rate: [0.1, -1]}\n", [], None),

@@ -50,11 +50,12 @@ def cifar_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_cifar_config_trains_every_arm_on_a_tiny_cifar_folder(name, cifar_dir, tmp_path):
     path = CONFIGS / name
-    sweep = {key: values[:1] for key, values in load_config(path).sweep.items()}
+    # One point per axis, batches of 8: a swept batch size is set through the sweep (a --set of it is refused).
+    sweep = {key: [8] if key == "train.batch_size" else values[:1] for key, values in load_config(path).sweep.items()}
+    batch = [] if "train.batch_size" in sweep else ["--set", "train.batch_size=8"]
     out = CliRunner().invoke(main, [
         "run", str(path), "--data-dir", str(cifar_dir), "--results", str(tmp_path), "--quiet",
-        "--set", "seeds=[0]", "--set", "train.epochs=1", "--set", "train.batch_size=8",
-        "--set", f"sweep={json.dumps(sweep)}",
+        "--set", "seeds=[0]", "--set", "train.epochs=1", *batch, "--set", f"sweep={json.dumps(sweep)}",
     ])
     assert out.exit_code == 0, out.output
     results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/*/result.json"))]
