@@ -6,6 +6,7 @@ User errors (bnexp.errors.BnexpError) become one line and exit status 2. Heavy i
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,15 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class Command(click.Command):
+    def get_short_help_str(self, limit: int = 45) -> str:
+        # The whole first sentence in `bnexp --help`: click would cut it to one line; the formatter wraps it.
+        return super().get_short_help_str(limit=10**6)
+
+
 class Group(click.Group):
+    command_class = Command
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -39,6 +48,11 @@ results_option = click.option(
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config key by its dotted path (repeatable), e.g. --set train.epochs=1.",
+)
+sweep_option = click.option(
+    "--sweep", "sweeps", multiple=True, metavar="KEY=[VALUES]",
+    help="Replace or add one sweep axis (repeatable); the values are read as a YAML list, "
+         "e.g. --sweep 'train.learning_rate=[0.01, 0.1]'.",
 )
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="BNEXP_DATA_DIR", show_envvar=True,
@@ -64,9 +78,10 @@ def main():
 @main.command()
 @config_argument
 @set_option
+@sweep_option
 @results_option
 @data_dir_option
-def plan(config, overrides, results_dir, data_dir):
+def plan(config, overrides, sweeps, results_dir, data_dir):
     """Validate CONFIG and list its runs without training anything.
 
     Prints one row per run (sweep values, arm, seed, run id, parameter counts, status) and totals.
@@ -76,14 +91,17 @@ def plan(config, overrides, results_dir, data_dir):
       bnexp plan configs/lr_sweep.yaml --set train.epochs=1
     """
     from bnexp.planning import plan_table
+    from bnexp.runner import check_same_experiment
 
-    experiment, runs = _load(config, overrides)
+    experiment, runs = _load(config, overrides, sweeps)
+    check_same_experiment(experiment, runs, results_dir, config)
     click.echo(plan_table(experiment, runs, results_dir, data_dir))
 
 
 @main.command()
 @config_argument
 @set_option
+@sweep_option
 @results_option
 @data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary (for CI logs).")
@@ -102,8 +120,9 @@ def plan(config, overrides, results_dir, data_dir):
               help="Ray: CPUs each run asks for (its training threads).")
 @click.option("--gpus-per-run", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Ray: GPUs each run asks for; a fraction shares one GPU between runs, e.g. 0.25.")
-def run(config, overrides, results_dir, data_dir, quiet, tensorboard, deterministic, workers, executor, address,
-        cpus_per_run, gpus_per_run):
+@click.pass_context
+def run(ctx, config, overrides, sweeps, results_dir, data_dir, quiet, tensorboard, deterministic, workers, executor,
+        address, cpus_per_run, gpus_per_run):
     """Train every run of CONFIG that is not complete yet.
 
     Completed runs are skipped, so re-running the same command resumes a sweep. A diverging run
@@ -116,17 +135,21 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
       bnexp run configs/lr_sweep.yaml --executor ray --address auto --gpus-per-run 0.25
     """
     from bnexp.executors import make_executor
-    from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sweep, write_experiment
+    from bnexp.runner import (RunContext, SweepProgress, check_data, check_same_experiment, pending_runs,
+                              removed_if_refused, run_sweep, write_experiment)
     from bnexp.store import check_results_dir
 
-    experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])])
-    check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
-    check_data(pending_runs(runs, results_dir), data_dir)
-    write_experiment(experiment, runs, results_dir, str(config))
+    executor = executor or ("ray" if address else "processes")
+    _check_executor_options(ctx, executor, workers, address, cpus_per_run, gpus_per_run)
+    experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])], sweeps)
+    check_same_experiment(experiment, runs, results_dir, config)
+    with removed_if_refused(results_dir / experiment.name):
+        check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
+        check_data(pending_runs(runs, results_dir), data_dir)
+    write_experiment(experiment, runs, results_dir, config)
     context = RunContext(results_dir, data_dir, tensorboard=tensorboard)
     progress = SweepProgress(quiet=quiet)
-    executor = make_executor(executor or ("ray" if address else "processes"), workers, address, cpus_per_run,
-                             gpus_per_run)
+    executor = make_executor(executor, workers, address, cpus_per_run, gpus_per_run)
     summary = run_sweep(runs, context, executor, progress)
     click.echo(summary.line())
     if summary.interrupted:
@@ -164,6 +187,7 @@ def report(target, results_dir, target_metric, target_value):
     """
     from bnexp.report import write_reports
 
+    _check_target(target_metric, target_value)
     for path in write_reports(results_dir, target, target_metric=target_metric, target_value=target_value):
         click.echo(f"wrote {path}")
 
@@ -186,9 +210,44 @@ def status(experiment, results_dir):
     click.echo(sweep_status(results_dir, experiment))
 
 
-def _load(config: Path, overrides):
+def _load(config: Path, overrides, sweeps=()):
     from bnexp.config import load_config
+    from bnexp.runner import check_distinct_runs
     from bnexp.sweep import expand_runs
 
-    experiment = load_config(config, list(overrides))
-    return experiment, expand_runs(experiment, str(config))
+    experiment = load_config(config, list(overrides), list(sweeps))
+    runs = expand_runs(experiment, str(config))
+    check_distinct_runs(runs, str(config))
+    return experiment, runs
+
+
+def _check_executor_options(ctx: click.Context, executor: str, workers, address, cpus_per_run, gpus_per_run) -> None:
+    """Refuse options the chosen executor would ignore, so each option given has its effect."""
+    if workers is not None and workers != 1 and executor == "sequential":
+        raise UserError(f"--executor sequential -j {workers}: sequential trains one run at a time in this process; "
+                        f"drop -j, or use --executor processes -j {workers}")
+    if workers is not None and executor == "ray":
+        raise UserError(f"-j {workers}: Ray runs as many runs at once as the cluster offers CPUs and GPUs for; "
+                        "drop -j and set --cpus-per-run / --gpus-per-run")
+    if address is not None and executor != "ray":
+        raise UserError(f"--executor {executor} --address {address}: only Ray connects to an address; "
+                        "drop --executor (--address alone means Ray) or drop --address")
+    for name, value in (("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run)):
+        if executor != "ray" and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            option = "--" + name.replace("_", "-")
+            raise UserError(f"{option} {value:g}: only Ray tasks ask for CPUs and GPUs, not --executor {executor}; "
+                            f"add --executor ray (or --address ADDR), or drop {option}")
+
+
+def _check_target(metric: str | None, value: float | None) -> None:
+    """A --target-value the metric can reach and not every run meets at once."""
+    if value is None:
+        return
+    shown = f"--target-metric {metric}" if metric else "the default --target-metric val_accuracy (or accuracy)"
+    if not math.isfinite(value):
+        raise UserError(f"--target-value {value}: expected a finite number")
+    if (metric or "accuracy").endswith("accuracy") and not 0 < value <= 1:
+        raise UserError(f"--target-value {value:g}: {shown} is a fraction, so expected a value > 0 and <= 1 "
+                        "(0 is met by every run at once), e.g. 0.9 for 90%")
+    if value < 0:
+        raise UserError(f"--target-value {value:g}: {shown} is a loss, never below 0; expected a value >= 0")

@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 
 from bnexp import RESULTS_FORMAT, __version__
 from bnexp.config import ExperimentConfig
-from bnexp.store import EXPERIMENT, RunLocked, is_complete, run_lock, write_json
+from bnexp.errors import ConfigError
+from bnexp.store import EXPERIMENT, RunLocked, is_complete, read_json, run_lock, write_json
 from bnexp.sweep import RunSpec
 
 
@@ -97,13 +98,58 @@ def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
         load_dataset(DataConfig.model_validate(data), data_dir)
 
 
-def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, config_file: str) -> None:
+def check_distinct_runs(runs: list[RunSpec], source: str) -> None:
+    """ConfigError when two runs would train the same configuration: under one run id the second
+    would be skipped as done, and under two arms a pair would compare a model with itself."""
+    seen: dict[str, RunSpec] = {}
+    for spec in runs:
+        digest = spec.run_id.rsplit("-", 1)[-1]  # the hash of the run's config, whatever its arm
+        first = seen.setdefault(digest, spec)
+        if first is not spec:
+            raise ConfigError(f"{source}: {_describe(first)} and {_describe(spec)} would train the same configuration; "
+                              "make every sweep value and every arm change the run")
+
+
+def _describe(spec: RunSpec) -> str:
+    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *(f"{k}={v}" for k, v in spec.point.items())])
+
+
+def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, config_file: Path) -> None:
+    """ConfigError when the experiment's folder holds another config file's experiment with other runs:
+    mixing them would report two experiments as one. The same file, edited, may add runs (a resumed sweep)."""
+    record = read_json(results_dir / experiment.name / EXPERIMENT)
+    if not isinstance(record, dict) or not isinstance(record.get("config_file"), str):
+        return
+    previous = Path(record["config_file"])
+    if previous.resolve() == config_file.resolve() or set(record.get("run_ids") or []) == {s.run_id for s in runs}:
+        return
+    raise ConfigError(
+        f"{config_file}: {results_dir / experiment.name} holds experiment '{experiment.name}' of {previous}, "
+        f"with other runs; give {config_file} another name: (or use another --results folder)"
+    )
+
+
+@contextlib.contextmanager
+def removed_if_refused(folder: Path) -> Iterator[None]:
+    """Remove `folder` and its parents that the block creates, if they are still empty when it
+    fails: a run refused before training leaves no empty experiment folder behind."""
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):  # not empty, or already gone: leave it
+                path.rmdir()
+        raise
+
+
+def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, config_file: str | Path) -> None:
     write_json(results_dir / experiment.name / EXPERIMENT, {
         "format": RESULTS_FORMAT,
         "bnexp_version": __version__,
         "experiment": experiment.name,
         "description": experiment.description,
-        "config_file": config_file,
+        "config_file": str(Path(config_file).resolve()),  # absolute: check_same_experiment compares it from any folder
         "sweep_keys": list(experiment.sweep),
         "arms": list(experiment.arms),
         "reference_arm": experiment.reference,
