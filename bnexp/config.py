@@ -406,11 +406,11 @@ def _check_repeated_sweep_values(experiment: ExperimentConfig, path: Path, sweep
         for index, value in enumerate(values, 1):
             try:
                 resolved = experiment.run_config({key: (value, "")}, experiment.seeds[0], str(path))
-            except ConfigError:  # valid only with another axis's value, or invalid: expand_runs names the point
-                read = value
-            else:
-                read = get_dotted(resolved.model_dump(mode="json"), key)
-            canonical = json.dumps(read, sort_keys=True, default=str)
+            except ConfigError:
+                # Invalid, or valid only with another axis's value: expand_runs names its sweep point,
+                # and check_distinct_runs catches a repeat among such values.
+                continue
+            canonical = json.dumps(get_dotted(resolved.model_dump(mode="json"), key), sort_keys=True)
             if canonical in seen:
                 first, first_value = seen[canonical]
                 raise ConfigError(f"{sweep_sources[key]}: values {first} ({format_value(first_value)}) and {index} "
