@@ -254,3 +254,40 @@ def test_broken_or_odd_yaml_is_one_line(config_file, text):
 )
 def test_empty_broken_and_non_mapping_files_say_what_is_wrong(config_file, text, message):
     assert_one_line_error(plan(config_file, text), f"{config_file}: ", message)
+
+
+@fuzz
+@given(key=st.sampled_from(TYPED["int"] + TYPED["float"]), value=st.booleans(), via_set=st.booleans())
+def test_a_boolean_where_a_number_belongs_is_named(config_file, key, value, via_set):
+    if via_set:
+        out = plan(config_file, base(), f"{key}={str(value).lower()}")
+    else:
+        raw = base()
+        place(raw, dotted(key), value)
+        out = plan(config_file, raw)
+    assert_one_line_error(out, key.rsplit(".", 1)[0], "true and false are not numbers")
+
+
+VALID = {"train.learning_rate": st.sampled_from([0.1, "1e-1", 1.0e-1, "0.1"]),
+         "train.batch_size": st.sampled_from([8, 8.0, "8"]),
+         "model.activation": st.sampled_from(["relu", "tanh"]),
+         "model.kernel_initializer": st.sampled_from(["he_normal", {"name": "he_normal"}])}
+
+
+@fuzz
+@given(key=st.sampled_from(sorted(VALID)), data=st.data())
+def test_a_sweep_value_listed_twice_is_named(config_file, key, data):
+    first = data.draw(VALID[key])
+    values = data.draw(st.lists(VALID[key], max_size=2)) + [first]
+    raw = base()
+    raw["sweep"] = {key: [first, *values]}
+    assert_one_line_error(plan(config_file, raw), f"sweep.{key}: values ", "list each value once")
+
+
+@fuzz
+@given(key=st.one_of(st.sampled_from(["seed", "seeds", "name", "data", "data.path", "data.train_subset",
+                                      "data.split_seed"]), letters), value=st.integers(0, 5))
+def test_an_arm_may_set_only_model_and_train_keys(config_file, key, value):
+    raw = base()
+    raw["arms"] = {"no_bn": {"model.batch_norm.enabled": False}, "bn": {"model.batch_norm.enabled": True, key: value}}
+    assert_one_line_error(plan(config_file, raw), f"arms.bn.{key}: ")
