@@ -210,7 +210,8 @@ class ExperimentConfig(Strict):
             raise ValueError(f"seeds must be distinct, got {seeds}")
         for seed in seeds:
             if not 0 <= seed <= MAX_SEED:
-                raise ValueError(f"seed {seed} is outside 0 to {MAX_SEED} (2**32 - 1), the seeds NumPy and Keras accept")
+                raise ValueError(f"seed {seed} is outside 0 to {MAX_SEED} (2**32 - 1), "
+                                 "the seeds NumPy and Keras accept")
         return seeds
 
     @field_validator("arms")

@@ -114,7 +114,8 @@ def _describe(spec: RunSpec) -> str:
     return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *(f"{k}={v}" for k, v in spec.point.items())])
 
 
-def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, config_file: Path) -> None:
+def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
+                          config_file: Path) -> None:
     """ConfigError when the experiment's folder holds another config file's experiment with other runs:
     mixing them would report two experiments as one. The same file, edited, may add runs (a resumed sweep)."""
     record = read_json(results_dir / experiment.name / EXPERIMENT)
@@ -143,7 +144,8 @@ def removed_if_refused(folder: Path) -> Iterator[None]:
         raise
 
 
-def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, config_file: str | Path) -> None:
+def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
+                     config_file: str | Path) -> None:
     write_json(results_dir / experiment.name / EXPERIMENT, {
         "format": RESULTS_FORMAT,
         "bnexp_version": __version__,
