@@ -442,7 +442,7 @@ def set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
             where = ".".join(parts[:depth]) or "top level"
             raise ConfigError(f"{source}: {key}: cannot set {part!r} inside {where}, which is {type(node).__name__}")
         if last:
-            node[index] = value
+            node[index] = copy.deepcopy(value)  # a later dotted key must not change the sweep value or arm it came from
         else:
             node = node[index]
 

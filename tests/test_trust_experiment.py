@@ -280,3 +280,12 @@ def test_top_level_help_shows_whole_command_summaries():
     assert "report Write tables, plots and a report page for experiments under the results folder." in text
     assert "status List the runs of EXPERIMENT (default: every experiment) and where each one stands." in text
     assert "..." not in out.output.partition("Commands:")[2]
+
+
+def test_an_arm_inside_a_swept_section_keeps_the_sweep_point(write_config):
+    config = write_config({"sweep": {"model.batch_norm": [{"momentum": 0.5}, {"momentum": 0.9}]}})
+    runs = expand_runs(load_config(config), str(config))
+    assert [(r.arm, r.point, r.config["model"]["batch_norm"]["enabled"]) for r in runs] == [
+        ("no_bn", {"model.batch_norm": {"momentum": 0.5}}, False), ("bn", {"model.batch_norm": {"momentum": 0.5}}, True),
+        ("no_bn", {"model.batch_norm": {"momentum": 0.9}}, False), ("bn", {"model.batch_norm": {"momentum": 0.9}}, True),
+    ]
