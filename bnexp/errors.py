@@ -6,7 +6,7 @@ class BnexpError(Exception):
 
 
 class ConfigError(BnexpError):
-    """The config file, a --set or --sweep override, a sweep value or a command-line option is invalid,
+    """The config file, a --set or --sweep override or a sweep value is invalid,
     or together they do not mean one experiment (a setting that would be ignored, two runs that are one)."""
 
 
