@@ -298,7 +298,7 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
     sweep_sources = {key: key_sources.get(f"sweep.{key}") or key_sources.get("sweep", f"{path}: sweep.{key}")
                      for key in experiment.sweep}
     _check_arm_keys(experiment, path)
-    _check_conflicts(experiment, path, sweep_sources)
+    _check_conflicts(experiment, sweep_sources)
     # Check the base run first so errors point at the file, not at a sweep point.
     experiment.run_config({}, experiment.seeds[0], str(path))
     for arm, changes in experiment.arms.items():
@@ -378,7 +378,7 @@ def _check_arm_keys(experiment: ExperimentConfig, path: Path) -> None:
                               + did_you_mean(section, ARM_SECTIONS))
 
 
-def _check_conflicts(experiment: ExperimentConfig, path: Path, sweep_sources: dict[str, str]) -> None:
+def _check_conflicts(experiment: ExperimentConfig, sweep_sources: dict[str, str]) -> None:
     """A swept key no arm overrides, and no --set that a sweep axis or every arm would override."""
     for key, source in sweep_sources.items():
         for arm, changes in experiment.arms.items():
