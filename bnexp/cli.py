@@ -115,11 +115,13 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
       bnexp run configs/smoke.yaml --set train.epochs=1 --quiet
       bnexp run configs/lr_sweep.yaml --executor ray --address auto --gpus-per-run 0.25
     """
-    from bnexp.executors import make_executor
+    from bnexp.executors import check_tensorboard, make_executor
     from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sweep, write_experiment
     from bnexp.store import check_results_dir
 
     experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])])
+    if tensorboard:
+        check_tensorboard()
     check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
     check_data(pending_runs(runs, results_dir), data_dir)
     write_experiment(experiment, runs, results_dir, str(config))
@@ -169,13 +171,15 @@ def report(target, results_dir, target_metric, target_value):
 
 
 @main.command()
-@click.argument("experiment", required=False)
+@click.argument("target", required=False)
 @results_option
-def status(experiment, results_dir):
-    """List the runs of EXPERIMENT (default: every experiment) and where each one stands.
+def status(target, results_dir):
+    """List the runs of TARGET (default: every experiment under --results) and where each one stands.
 
+    TARGET is an experiment name, an experiment folder or a results folder, as for `bnexp report`.
     A run is completed, diverged, failed (retried by the next `bnexp run`), running (another bnexp
-    process holds its lock), incomplete (interrupted; the next `bnexp run` resumes it) or pending.
+    process holds its lock), incomplete (interrupted; the next `bnexp run` resumes it), pending, or
+    damaged (one of its files cannot be read: the file and the reason are shown).
 
     \b
     Example:
@@ -183,7 +187,7 @@ def status(experiment, results_dir):
     """
     from bnexp.status import sweep_status
 
-    click.echo(sweep_status(results_dir, experiment))
+    click.echo(sweep_status(results_dir, target))
 
 
 def _load(config: Path, overrides):
