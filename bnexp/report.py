@@ -300,7 +300,9 @@ def _count(value) -> str:
 
 
 def _key_columns(table: pd.DataFrame, keys: list[str]) -> dict:
-    return {plots.short_key(key): table[key].map(plots.format_value) for key in keys}
+    """The sweep values as columns named by their full dotted key: `model.dropout.rate` and
+    `train.rate` would both be `rate`."""
+    return {key: table[key].map(plots.format_value) for key in keys}
 
 
 @dataclass
@@ -612,11 +614,16 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
         if rows.empty:
             section.bullets.append(f"{arm} vs {ref}: no seed has two completed runs to compare yet.")
             continue
-        low, high = rows.diff_mean.min(), rows.diff_mean.max()
-        spread = f"{_pp(low)} pp" if low == high else f"from {_pp(low)} to {_pp(high)} pp"
-        text = (f"{arm} vs {ref}: mean test-error difference {spread}; {arm} is lower at "
-                f"{int((rows.diff_mean < 0).sum())} of {len(rows)} sweep point(s)") if keys else \
-            f"{arm} vs {ref}: mean test-error difference {spread}"
+        if keys:
+            # The extremes over sweep points, each named by its point, so they cannot pass for an interval.
+            low, high = rows.loc[[rows.diff_mean.idxmin()]], rows.loc[[rows.diff_mean.idxmax()]]
+            spread = (f"{_pp(low.diff_mean.iloc[0])} pp{where(low)}" if len(rows) == 1 else
+                      f"lowest {_pp(low.diff_mean.iloc[0])} pp{where(low)}, highest "
+                      f"{_pp(high.diff_mean.iloc[0])} pp{where(high)}")
+            text = (f"{arm} − {ref} mean test-error difference per sweep point: {spread}; {arm} is lower at "
+                    f"{int((rows.diff_mean < 0).sum())} of {len(rows)} sweep point(s)")
+        else:
+            text = f"{arm} vs {ref}: mean test-error difference {_pp(rows.diff_mean.iloc[0])} pp"
         tested = rows[rows.ci_low.notna()]
         if tested.empty:
             text += f"; one seed{' per point' if keys else ''}: no confidence interval."
