@@ -61,6 +61,12 @@ def _legend_width(labels: list[str]) -> float:
     return 0.8 + 0.075 * max((len(label) for label in labels), default=0)
 
 
+def _side_legend(fig: Figure, ax, width: float) -> None:
+    """The legend of `ax` in the right margin of `width` inches that _legend_width made room for."""
+    x = 1 - (width - 0.15) / fig.get_size_inches()[0]
+    fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(x, 0.5), fontsize="small")
+
+
 def _readable_log_ticks(axis) -> None:
     """Ticks at 1, 2 and 5 times powers of ten, written as plain numbers (0.5, not 5 x 10^-1)."""
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -117,7 +123,7 @@ def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str],
         if epochs:
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     if ax_acc.lines:
-        fig.legend(*ax_acc.get_legend_handles_labels(), loc="center right", fontsize="small")
+        _side_legend(fig, ax_acc, legend)
     fig.suptitle(title)
     return fig
 
@@ -187,7 +193,7 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize="small")
+    _side_legend(fig, axes[0], legend)
     fig.suptitle(f"Test error vs {short_key(key)} (mean ± sd over seeds)")  # the caption explains the X marks
     return fig, left_out
 
