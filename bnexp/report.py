@@ -438,8 +438,9 @@ def _paired_section(exp: Experiment) -> Section:
 def _curves_section(exp: Experiment, colours: dict) -> Section:
     section = Section(
         "curves", "Training curves",
-        "Accuracy and loss per epoch for each sweep point: the line is the mean over seeds, the band "
-        "the range over seeds; training solid, validation dashed. Runs still training and diverged "
+        "Accuracy and loss per epoch for each sweep point: the line is the mean over seeds (a marker per "
+        "epoch when there are few), the band the range over seeds (an error bar where there is one epoch); "
+        "training solid with filled markers, validation dashed with open ones. Runs still training and diverged "
         "runs contribute the epochs they logged.",
     )
     if exp.history.empty:
