@@ -235,9 +235,10 @@ def _connect_ray(ray, address: str | None) -> None:
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
         except OSError as error:
+            local = "leave out --address" if option == "--address" else "unset RAY_ADDRESS"
             raise BnexpError(f"{option} {address}: no Ray cluster answers at {host}:{port} "
-                             f"({error.strerror or error or 'timed out'}); start one there with `ray start --head`, "
-                             "or leave out --address to start a local Ray") from None
+                             f"({error.strerror or error}); start one there with `ray start --head`, "
+                             f"or {local} to start a local Ray") from None
     try:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     except ConnectionError as error:

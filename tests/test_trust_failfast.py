@@ -76,7 +76,9 @@ def test_an_unreachable_ray_address_stops_at_once_with_one_line(tmp_path, tiny_r
         f"--address ray://127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} (Connection refused); "
         "start one there with `ray start --head`, or leave out --address to start a local Ray")
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
-    with pytest.raises(BnexpError, match=rf"^\$RAY_ADDRESS 127\.0\.0\.1:{port}: no Ray cluster answers"):
+    with pytest.raises(BnexpError, match=rf"^\$RAY_ADDRESS 127\.0\.0\.1:{port}: no Ray cluster answers at "
+                                         rf"127\.0\.0\.1:{port} \(Connection refused\); start one there with "
+                                         r"`ray start --head`, or unset RAY_ADDRESS to start a local Ray$"):
         list(run_ray()(tiny_runs, RunContext(tmp_path, None)))
     assert not (tmp_path / "tiny").exists()
 
