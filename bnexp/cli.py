@@ -134,13 +134,15 @@ def run(ctx, config, overrides, sweeps, results_dir, data_dir, quiet, tensorboar
       bnexp run configs/smoke.yaml --set train.epochs=1 --quiet
       bnexp run configs/lr_sweep.yaml --executor ray --address auto --gpus-per-run 0.25
     """
-    from bnexp.executors import make_executor
+    from bnexp.executors import check_tensorboard, make_executor
     from bnexp.runner import (RunContext, SweepProgress, check_data, check_same_experiment, pending_runs,
                               removed_if_refused, run_sweep, write_experiment)
     from bnexp.store import check_results_dir
 
     executor = executor or ("ray" if address else "processes")
     _check_executor_options(ctx, executor, workers, address, cpus_per_run, gpus_per_run)
+    if tensorboard:
+        check_tensorboard()
     experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])], sweeps)
     check_same_experiment(experiment, runs, results_dir, config)
     with removed_if_refused(results_dir / experiment.name):
@@ -193,13 +195,15 @@ def report(target, results_dir, target_metric, target_value):
 
 
 @main.command()
-@click.argument("experiment", required=False)
+@click.argument("target", required=False)
 @results_option
-def status(experiment, results_dir):
-    """List the runs of EXPERIMENT (default: every experiment) and where each one stands.
+def status(target, results_dir):
+    """List the runs of TARGET (default: every experiment under --results) and where each one stands.
 
+    TARGET is an experiment name, an experiment folder or a results folder, as for `bnexp report`.
     A run is completed, diverged, failed (retried by the next `bnexp run`), running (another bnexp
-    process holds its lock), incomplete (interrupted; the next `bnexp run` resumes it) or pending.
+    process holds its lock), incomplete (interrupted; the next `bnexp run` resumes it), pending, or
+    damaged (one of its files cannot be read: the file and the reason are shown).
 
     \b
     Example:
@@ -207,7 +211,7 @@ def status(experiment, results_dir):
     """
     from bnexp.status import sweep_status
 
-    click.echo(sweep_status(results_dir, experiment))
+    click.echo(sweep_status(results_dir, target))
 
 
 def _load(config: Path, overrides, sweeps=()):

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import queue
+import socket
 import tempfile
 import threading
 import time
@@ -31,6 +32,19 @@ _epoch_queue: multiprocessing.Queue | None = None
 _threads_set = False
 # The driver's settings a Ray task needs: the Keras backend, and JAX's share of a shared GPU.
 FORWARDED_ENV = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+# Ray itself retries an unreachable cluster for 30 s to 80 s and then raises a traceback; a head
+# node that is up answers a TCP connection within milliseconds.
+RAY_CONNECT_TIMEOUT = 5.0
+
+
+def check_tensorboard() -> None:
+    """Raise BnexpError when `--tensorboard` cannot write logs: Keras writes them with tf.summary,
+    whose implementation TensorFlow leaves to the separate tensorboard package."""
+    try:
+        import tensorboard  # noqa: F401  (its package is lazy: about 2 ms)
+    except ImportError:
+        raise BnexpError("--tensorboard: the tensorboard package is not installed; pip install tensorboard "
+                         "(bnexp depends on it: reinstalling bnexp adds it), or run without --tensorboard") from None
 
 
 def available_cpus() -> int:
@@ -177,7 +191,8 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
         if not runs:
             return
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+            _connect_ray(ray, address)
+        _check_ray_resources(ray, cpus_per_run, gpus_per_run)
         # A cluster's workers start with their node's environment, not the driver's.
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
         task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
@@ -209,6 +224,42 @@ def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: f
                 claim.close()
 
     return execute
+
+
+def _connect_ray(ray, address: str | None) -> None:
+    """ray.init, stopping within seconds with one line when the cluster cannot be reached."""
+    option = "--address" if address else "$RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
+        except OSError as error:
+            local = "leave out --address" if option == "--address" else "unset RAY_ADDRESS"
+            raise BnexpError(f"{option} {address}: no Ray cluster answers at {host}:{port} "
+                             f"({error.strerror or error}); start one there with `ray start --head`, "
+                             f"or {local} to start a local Ray") from None
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    except ConnectionError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BnexpError(f"{option} {address}: cannot connect to Ray ({reason})") from None
+
+
+def _check_ray_resources(ray, cpus: float, gpus: float) -> None:
+    """Raise BnexpError when no node of the cluster offers what one run asks for: Ray would
+    otherwise keep the tasks pending forever."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if any(node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus for node in nodes):
+        return
+    most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    asked = [f"--cpus-per-run {cpus:g}"] if cpus > most_cpus else []
+    asked += [f"--gpus-per-run {gpus:g}"] if gpus > most_gpus else []
+    asked = asked or [f"--cpus-per-run {cpus:g} with --gpus-per-run {gpus:g}"]  # each fits, not together
+    raise BnexpError(f"{' and '.join(asked)}: no node of the Ray cluster offers that (the {len(nodes)} node(s) "
+                     f"offer at most {most_cpus:g} CPUs and {most_gpus:g} GPUs each); ask for less, or add a "
+                     "node that has it")
 
 
 def _train_remote(spec: RunSpec, context: RunContext, threads: int) -> dict[str, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from bnexp.stats import is_number
 
@@ -20,6 +21,9 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
 # Beyond a dozen panels a figure stops being readable; the caller notes what was left out.
 MAX_PANELS = 12
 MAX_BAR_GROUPS = 30
+# Curves with at most this many epochs get a marker per epoch: a one-epoch curve is a single point,
+# which a line alone does not draw.
+MARKED_EPOCHS = 25
 
 
 def arm_colours(arms: list[str], reference: str) -> dict[str, str]:
@@ -52,6 +56,24 @@ def _log_axis(key: str, values: list) -> bool:
     return "learning_rate" in key or max(values) / min(values) >= 16
 
 
+def _legend_width(labels: list[str]) -> float:
+    """Inches a small-font legend of `labels` takes beside the axes: about 0.075 inch a character."""
+    return 0.8 + 0.075 * max((len(label) for label in labels), default=0)
+
+
+def _side_legend(fig: Figure, ax, width: float) -> None:
+    """The legend of `ax` in the right margin of `width` inches that _legend_width made room for."""
+    x = 1 - (width - 0.15) / fig.get_size_inches()[0]
+    fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(x, 0.5), fontsize="small")
+
+
+def _readable_log_ticks(axis) -> None:
+    """Ticks at 1, 2 and 5 times powers of ten, written as plain numbers (0.5, not 5 x 10^-1)."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _fixed_margins(fig: Figure, left=0.8, right=0.25, bottom=0.6, top=0.7, wspace=0.25, hspace=0.5) -> None:
     """Margins in inches; much cheaper than constrained layout, which dominates report time."""
     width, height = fig.get_size_inches()
@@ -61,15 +83,18 @@ def _fixed_margins(fig: Figure, left=0.8, right=0.25, bottom=0.6, top=0.7, wspac
 
 def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str], title: str) -> Figure:
     """Accuracy and loss against epoch, train solid and validation dashed, per arm: the mean
-    over seeds as a line, the range over seeds as a band."""
-    fig = Figure(figsize=(10, 3.6))
-    _fixed_margins(fig)
+    over seeds as a line (a marker per epoch when there are few), the range over seeds as a band.
+    The legend sits beside the axes, off the data."""
+    present = [arm for arm in arms if (history.arm == arm).any()]
+    legend = _legend_width([f"{arm} validation" for arm in present])
+    fig = Figure(figsize=(9 + legend, 3.6))
+    _fixed_margins(fig, right=legend)
     ax_acc, ax_loss = fig.subplots(1, 2)
     positive_loss = True
-    for arm in arms:
+    epochs = sorted(history.epoch.dropna().unique())
+    marker = "o" if len(epochs) <= MARKED_EPOCHS else None
+    for arm in present:
         runs = history[history.arm == arm]
-        if runs.empty:
-            continue
         for metric, style, split in (("accuracy", "-", "train"), ("val_accuracy", "--", "validation"),
                                      ("loss", "-", "train"), ("val_loss", "--", "validation")):
             if metric not in runs or runs[metric].isna().all():
@@ -77,20 +102,28 @@ def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str],
             scale = 100 if metric.endswith("accuracy") else 1
             curve = runs.groupby("epoch")[metric].agg(["mean", "min", "max"]) * scale
             ax = ax_acc if metric.endswith("accuracy") else ax_loss
-            ax.plot(curve.index, curve["mean"], style, color=colours[arm], label=f"{arm} {split}")
-            ax.fill_between(curve.index, curve["min"], curve["max"], color=colours[arm], alpha=0.15, lw=0)
+            ax.plot(curve.index, curve["mean"], style, color=colours[arm], label=f"{arm} {split}",
+                    marker=marker, markersize=4, markerfacecolor="white" if split == "validation" else None)
+            if len(curve) > 1:
+                ax.fill_between(curve.index, curve["min"], curve["max"], color=colours[arm], alpha=0.15, lw=0)
+            else:  # a band needs two epochs: the range over seeds as an error bar instead
+                spread = [curve["mean"] - curve["min"], curve["max"] - curve["mean"]]
+                ax.errorbar(curve.index, curve["mean"], yerr=spread, color=colours[arm], capsize=3, linestyle="none")
             if scale == 1:
                 positive_loss &= bool((curve["min"].dropna() > 0).all())
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="loss (cross-entropy)", title="loss")
     if positive_loss and ax_loss.lines:
         ax_loss.set_yscale("log")
+        _readable_log_ticks(ax_loss.yaxis)
         ax_loss.set_ylabel("loss (cross-entropy, log scale)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     if ax_acc.lines:
-        ax_acc.legend(fontsize="small", loc="lower right")
+        _side_legend(fig, ax_acc, legend)
     fig.suptitle(title)
     return fig
 
@@ -112,8 +145,9 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
     panels = panels[:MAX_PANELS]
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig = Figure(figsize=(4.6 * ncols + 0.6, 3.4 * nrows + 0.5))
-    _fixed_margins(fig, top=0.75 if others else 0.55, hspace=0.55 if others else 0.5)
+    legend = _legend_width(arms)
+    fig = Figure(figsize=(4.6 * ncols + 0.6 + legend, 3.4 * nrows + 0.5))
+    _fixed_margins(fig, right=legend, top=0.75 if others else 0.55, hspace=0.55 if others else 0.5)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     values = list(dict.fromkeys(table[key]))
     positions, log = _axis_positions(key, values)
@@ -159,7 +193,7 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize="small")
+    _side_legend(fig, axes[0], legend)
     fig.suptitle(f"Test error vs {short_key(key)} (mean ± sd over seeds)")  # the caption explains the X marks
     return fig, left_out
 
@@ -203,7 +237,10 @@ def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, refer
         grid[iy, ix] = r["diff_mean"] * 100
         if np.isnan(r["diff_mean"]):
             notes[iy, ix] = "no pairs" if not r["note"] else r["note"].split(";")[0].split(":")[-1].strip()
-    fig = Figure(figsize=(1.4 * len(xs) + 3, 0.8 * len(ys) + 2), layout="constrained")
+    # Wide enough for the title, whose length grows with the arm names.
+    title = f"{arm} vs {reference}: mean paired test-error difference"
+    fig = Figure(figsize=(max(1.4 * len(xs) + 3, 0.09 * len(title) + 0.5), 0.8 * len(ys) + 2.2),
+                 layout="constrained")
     ax = fig.subplots()
     limit = np.nanmax(np.abs(grid)) if not np.isnan(grid).all() else 1.0
     cmap = colormaps["RdBu_r"].with_extremes(bad="#e0e0e0")
@@ -215,8 +252,8 @@ def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, refer
     ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
     ax.set_yticks(range(len(ys)), [format_value(v) for v in ys])
     ax.set(xlabel=short_key(x_key), ylabel=short_key(y_key))
-    fig.colorbar(image, ax=ax, label=f"test error {arm} − {reference} (pp); < 0: {arm} better")
-    fig.suptitle(f"BN advantage: test error {arm} − {reference}, mean over paired seeds")
+    fig.colorbar(image, ax=ax, label=f"{arm} − {reference} (pp)\n< 0: {arm} better")
+    fig.suptitle(title)
     return fig
 
 
@@ -228,7 +265,8 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
     left_out = max(0, len(points) - MAX_BAR_GROUPS)
     points = points[:MAX_BAR_GROUPS]
     width = 0.8 / max(1, len(arms))
-    fig = Figure(figsize=(max(6.0, 0.5 + len(points) * len(arms) * 0.45), 4.2), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.5 + len(points) * len(arms) * 0.45) + _legend_width(arms), 4.2),
+                 layout="constrained")
     ax = fig.subplots()
     labelled = set()
     for i, arm in enumerate(arms):
@@ -244,6 +282,9 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
             if row.reached == 0:
                 ax.text(x, 0, "not reached", rotation=90, ha="center", va="bottom", fontsize="x-small",
                         color=colours[arm])
+                # An empty bar, so an arm that never reached the target still has its legend entry.
+                ax.bar(x, 0, width, color=colours[arm], label=None if arm in labelled else arm)
+                labelled.add(arm)
                 continue
             err = [[row.step_mean - row.step_min], [row.step_max - row.step_mean]]
             ax.bar(x, row.step_mean, width, color=colours[arm], yerr=err, capsize=3,
@@ -251,11 +292,13 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
             labelled.add(arm)
     labels = [", ".join(format_value(v) for v in point) for point in points]
     # About 0.07 inch per character of tick label at the default font size.
-    crowded = max(len(label) for label in labels) * 0.07 > (fig.get_size_inches()[0] - 1) / len(points)
+    axes_width = fig.get_size_inches()[0] - 1 - _legend_width(arms)
+    crowded = max(len(label) for label in labels) * 0.07 > axes_width / len(points)
     ax.set_xticks(range(len(points)), labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_xlim(-0.5, len(points) - 0.5)  # the "not reached" labels of the outer arms stay inside
     ax.set(xlabel=", ".join(short_key(key) for key in keys), ylabel="optimizer steps to target",
            title=f"Steps until {target} (mean; bars: range over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    if labelled:
-        ax.legend(fontsize="small")
+    if labelled:  # beside the axes: inside, it covered the bars
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig, left_out

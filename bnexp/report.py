@@ -26,7 +26,7 @@ import pandas as pd
 from bnexp import RESULTS_FORMAT, __version__, plots, stats
 from bnexp.data import builtin_num_classes
 from bnexp.errors import ResultsError
-from bnexp.store import EXPERIMENT, FINAL_STATUSES, HISTORY, RESULT, SPEC, read_history
+from bnexp.store import EXPERIMENT, FINAL_STATUSES, HISTORY, RESULT, SPEC, experiment_dirs, read_history
 
 REPORT_DIR = "report"
 # Curves get one figure per sweep point; past this many the page would be a wall of plots.
@@ -75,6 +75,11 @@ def _number(value) -> float:
     return float(value)
 
 
+def _list(value) -> list:
+    """`value` if it is a list, else [] (a damaged file may hold anything)."""
+    return value if isinstance(value, list) else []
+
+
 def _point_value(value):
     """A sweep value usable as a table cell and group key: lists and mappings become JSON."""
     if isinstance(value, (list, dict)):
@@ -102,12 +107,6 @@ def chance_threshold(num_classes: float) -> float:
     """Highest final accuracy that still counts as stuck at chance for `num_classes` classes."""
     chance = 1 / num_classes
     return chance + min(CHANCE_MARGIN, chance / 2)
-
-
-def _is_experiment_dir(path: Path) -> bool:
-    if (path / EXPERIMENT).is_file():
-        return True
-    return any((child / SPEC).is_file() for child in path.iterdir() if child.is_dir())
 
 
 def _read_spec(run_dir: Path) -> dict:
@@ -160,7 +159,7 @@ def load_experiment(path: Path) -> Experiment:
         try:
             meta = _read_json(path / EXPERIMENT)
         except (OSError, ValueError) as error:
-            warnings.append(f"experiment.json unreadable ({error}); the plan was rebuilt from the run folders")
+            warnings.append(f"{EXPERIMENT} damaged ({error}); the plan was rebuilt from the run folders")
     if isinstance(meta.get("format"), int) and meta["format"] > RESULTS_FORMAT:
         raise ResultsError(f"{path}/experiment.json: results format {meta['format']} is newer than this "
                            f"bnexp reads ({RESULTS_FORMAT}); upgrade bnexp")
@@ -181,7 +180,7 @@ def load_experiment(path: Path) -> Experiment:
         try:
             spec = _read_spec(run_dir)
         except (OSError, ValueError) as error:
-            missing.append({"run_id": run_dir.name, "status": "unreadable", "detail": f"spec.json: {error}"})
+            missing.append({"run_id": run_dir.name, "status": "damaged", "detail": f"{SPEC}: {error}"})
             continue
         point = spec.get("point") or {}
         point_keys.extend(k for k in point if k not in point_keys)
@@ -198,21 +197,21 @@ def load_experiment(path: Path) -> Experiment:
                     raise ValueError(f"unknown status {result.get('status')!r}")
             except (OSError, ValueError) as error:
                 missing.append({"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
-                                "status": "unreadable", "detail": f"result.json: {error}"})
+                                "status": "damaged", "detail": f"{RESULT}: {error}"})
                 continue
             record.update(_result_fields(result))
         records.append(record)
         try:
             epochs = read_history(run_dir / HISTORY)
         except (OSError, ValueError) as error:
-            warnings.append(f"{run_dir.name}/history.jsonl unreadable ({error}): "
+            warnings.append(f"{run_dir.name}/{HISTORY} damaged ({error}): "
                             "its curves and steps-to-target are left out")
             epochs = []
         for row in epochs:
             history_rows.append({"run_id": run_dir.name, "epoch": row["epoch"], "step": _number(row.get("step")),
                                  **{m: _number(row.get(m)) for m in HISTORY_METRICS if m in row}})
             step_rows.extend((run_dir.name, _number(pair[0]), _number(pair[1]))
-                             for pair in row.get("step_losses") or [] if isinstance(pair, list) and len(pair) == 2)
+                             for pair in _list(row.get("step_losses")) if isinstance(pair, list) and len(pair) == 2)
     if planned is not None:
         started = {p.name for p in run_dirs}
         missing += [{"run_id": run_id, "status": "not started", "detail": "no spec.json yet"}
@@ -301,7 +300,9 @@ def _count(value) -> str:
 
 
 def _key_columns(table: pd.DataFrame, keys: list[str]) -> dict:
-    return {plots.short_key(key): table[key].map(plots.format_value) for key in keys}
+    """The sweep values as columns named by their full dotted key: `model.dropout.rate` and
+    `train.rate` would both be `rate`."""
+    return {key: table[key].map(plots.format_value) for key in keys}
 
 
 @dataclass
@@ -437,8 +438,9 @@ def _paired_section(exp: Experiment) -> Section:
 def _curves_section(exp: Experiment, colours: dict) -> Section:
     section = Section(
         "curves", "Training curves",
-        "Accuracy and loss per epoch for each sweep point: the line is the mean over seeds, the band "
-        "the range over seeds; training solid, validation dashed. Runs still training and diverged "
+        "Accuracy and loss per epoch for each sweep point: the line is the mean over seeds (a marker per "
+        "epoch when there are few), the band the range over seeds (an error bar where there is one epoch); "
+        "training solid with filled markers, validation dashed with open ones. Runs still training and diverged "
         "runs contribute the epochs they logged.",
     )
     if exp.history.empty:
@@ -564,8 +566,8 @@ def _missing_section(exp: Experiment) -> Section:
                      exp.missing.assign(point="")], ignore_index=True)
     section = Section("missing", "Missing and incomplete runs",
                       "Runs of the plan that are not in the tables above: failed, still running or "
-                      "interrupted, not started, or with unreadable files. `bnexp run` retries the failed "
-                      "and resumes the interrupted.")
+                      "interrupted, not started, or damaged (a run file that cannot be read). `bnexp run` "
+                      "retries the failed and resumes the interrupted.")
     if raw.empty:
         section.explanation = f"All {exp.planned} planned runs finished; none is missing."
     display = pd.DataFrame({
@@ -613,11 +615,16 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
         if rows.empty:
             section.bullets.append(f"{arm} vs {ref}: no seed has two completed runs to compare yet.")
             continue
-        low, high = rows.diff_mean.min(), rows.diff_mean.max()
-        spread = f"{_pp(low)} pp" if low == high else f"from {_pp(low)} to {_pp(high)} pp"
-        text = (f"{arm} vs {ref}: mean test-error difference {spread}; {arm} is lower at "
-                f"{int((rows.diff_mean < 0).sum())} of {len(rows)} sweep point(s)") if keys else \
-            f"{arm} vs {ref}: mean test-error difference {spread}"
+        if keys:
+            # The extremes over sweep points, each named by its point, so they cannot pass for an interval.
+            low, high = rows.loc[[rows.diff_mean.idxmin()]], rows.loc[[rows.diff_mean.idxmax()]]
+            spread = (f"{_pp(low.diff_mean.iloc[0])} pp{where(low)}" if len(rows) == 1 else
+                      f"lowest {_pp(low.diff_mean.iloc[0])} pp{where(low)}, highest "
+                      f"{_pp(high.diff_mean.iloc[0])} pp{where(high)}")
+            text = (f"{arm} − {ref} mean test-error difference per sweep point: {spread}; {arm} is lower at "
+                    f"{int((rows.diff_mean < 0).sum())} of {len(rows)} sweep point(s)")
+        else:
+            text = f"{arm} vs {ref}: mean test-error difference {_pp(rows.diff_mean.iloc[0])} pp"
         tested = rows[rows.ci_low.notna()]
         if tested.empty:
             text += f"; one seed{' per point' if keys else ''}: no confidence interval."
@@ -836,32 +843,6 @@ def _write(exp: Experiment, sections: list[Section]) -> Path:
     return target
 
 
-def _experiment_dirs(results_dir: Path, target: str | None) -> list[Path]:
-    """The experiment folders a `bnexp report` call means."""
-    if target is not None:
-        given = Path(target)
-        for candidate in (given, results_dir / target):
-            if candidate.is_dir():
-                if _is_experiment_dir(candidate):
-                    return [candidate]
-                inner = sorted(p for p in candidate.iterdir() if p.is_dir() and _is_experiment_dir(p))
-                if inner:
-                    return inner
-                raise ResultsError(f"{candidate}: not an experiment folder (no experiment.json or run "
-                                   "folders with spec.json) and holds none")
-        known = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and _is_experiment_dir(p)) \
-            if results_dir.is_dir() else []
-        hint = f"; experiments there: {', '.join(known)}" if known else ""
-        raise ResultsError(f"no experiment {target!r} under {results_dir}{hint}")
-    if not results_dir.is_dir():
-        raise ResultsError(f"{results_dir}: results folder not found; run `bnexp run CONFIG` first "
-                           "or pass the folder that holds the results")
-    found = sorted(p for p in results_dir.iterdir() if p.is_dir() and _is_experiment_dir(p))
-    if not found:
-        raise ResultsError(f"{results_dir}: no experiment results yet; run `bnexp run CONFIG` first")
-    return found
-
-
 def write_reports(results_dir: Path, target: str | None = None, *, target_metric: str | None = None,
                   target_value: float | None = None) -> list[Path]:
     """Write a report for each experiment `target` names and return the report folders.
@@ -874,7 +855,7 @@ def write_reports(results_dir: Path, target: str | None = None, *, target_metric
     call that finds nothing to report raises ResultsError with a one-line message.
     """
     results_dir = Path(results_dir)
-    dirs = _experiment_dirs(results_dir, target)
+    dirs = experiment_dirs(results_dir, target)
     if len(dirs) == 1:
         return [write_report(dirs[0], target_metric=target_metric, target_value=target_value)]
     reports = []

@@ -8,37 +8,31 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bnexp.config import did_you_mean
-from bnexp.errors import ResultsError
-from bnexp.store import (CHECKPOINT, EXPERIMENT, HISTORY, RESULT, SPEC, check_format, read_history, read_json,
-                         run_status)
+from bnexp.store import (CHECKPOINT, EXPERIMENT, HISTORY, RESULT, SPEC, check_format, experiment_dirs, read_history,
+                         read_json, run_damage, run_status)
 
-# The order runs and totals are listed in.
-STATES = ("completed", "diverged", "failed", "running", "incomplete", "pending")
+# The order runs and totals are listed in; damaged: a run file cannot be read (run_damage).
+STATES = ("completed", "diverged", "failed", "running", "incomplete", "pending", "damaged")
 
 
-def sweep_status(results_dir: Path, experiment: str | None = None) -> str:
-    """One table per experiment (or only `experiment`): each run's state, epochs and outcome."""
-    return "\n\n".join(experiment_status(folder) for folder in experiment_folders(results_dir, experiment))
-
-
-def experiment_folders(results_dir: Path, name: str | None) -> list[Path]:
-    found = sorted(path.parent for path in results_dir.glob(f"*/{EXPERIMENT}"))
-    if name is None:
-        if not found:
-            raise ResultsError(f"{results_dir}: no experiments here yet; start one with `bnexp run CONFIG` "
-                               "or pass another folder with --results")
-        return found
-    if not (results_dir / name / EXPERIMENT).exists():
-        names = [folder.name for folder in found]
-        raise ResultsError(f"{results_dir}: no experiment {name!r}; found: {', '.join(names) or 'none'}"
-                           + did_you_mean(name, names))
-    return [results_dir / name]
+def sweep_status(results_dir: Path, target: str | None = None) -> str:
+    """One table per experiment `target` names (see store.experiment_dirs): each run's state,
+    epochs and outcome."""
+    return "\n\n".join(experiment_status(folder) for folder in experiment_dirs(results_dir, target))
 
 
 def experiment_status(folder: Path) -> str:
-    check_format(folder / EXPERIMENT)
-    rows = [run_row(folder / run_id) for run_id in read_json(folder / EXPERIMENT)["run_ids"]]
+    plan = read_json(folder / EXPERIMENT)
+    note = ""
+    if isinstance(plan, dict) and isinstance(plan.get("run_ids"), list):
+        check_format(folder / EXPERIMENT)
+        run_ids = [str(run_id) for run_id in plan["run_ids"]]
+    else:
+        # Without a readable plan the run folders are all there is to list.
+        run_ids = sorted(child.name for child in folder.iterdir() if (child / SPEC).is_file())
+        if (folder / EXPERIMENT).exists():
+            note = f"; {EXPERIMENT} is damaged, so only the run folders are listed"
+    rows = [run_row(folder / run_id) for run_id in run_ids]
     header = {"run": "run id", "status": "status", "epochs": "epochs", "detail": "detail"}
     widths = {key: max(len(row[key]) for row in [header, *rows]) for key in ("run", "status", "epochs")}
     lines = [
@@ -48,12 +42,15 @@ def experiment_status(folder: Path) -> str:
     ]
     counts = Counter(row["status"] for row in rows)
     totals = ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
-    lines.append(f"\n{folder.name}: {len(rows)} runs: {totals} ({folder})")
+    lines.append(f"\n{folder.name}: {len(rows)} runs: {totals or 'none planned'} ({folder}){note}")
     return "\n".join(lines)
 
 
 def run_row(run_dir: Path) -> dict[str, str]:
     """The run's id, state, epochs done out of planned, and its outcome or what happens next."""
+    damage = run_damage(run_dir)
+    if damage:
+        return {"run": run_dir.name, "status": "damaged", "epochs": "", "detail": damage}
     check_format(run_dir / SPEC)
     status = run_status(run_dir)
     spec, result = read_json(run_dir / SPEC) or {}, read_json(run_dir / RESULT) or {}

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 
 from bnexp import RESULTS_FORMAT, __version__
+from bnexp.config import did_you_mean
 from bnexp.errors import ResultsError
 
 SPEC, HISTORY, RESULT, CHECKPOINT = "spec.json", "history.jsonl", "result.json", "checkpoint.keras"
@@ -84,6 +85,29 @@ def read_history(path: Path) -> list[dict]:
     return rows
 
 
+def run_damage(run_dir: Path) -> str | None:
+    """What makes a run's files unreadable, as `FILE: reason` (a truncated or garbled file, a
+    half-written line), or None when every one of them that exists reads."""
+    for name in (SPEC, RESULT):
+        try:
+            record = json.loads((run_dir / name).read_text())
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            return f"{name}: {error.strerror or error}"
+        except ValueError as error:
+            return f"{name}: {error}"
+        if not isinstance(record, dict):
+            return f"{name}: not a JSON object"
+    try:
+        read_history(run_dir / HISTORY)
+    except OSError as error:
+        return f"{HISTORY}: {error.strerror or error}"
+    except ValueError as error:
+        return f"{HISTORY}: {error}"
+    return None
+
+
 def run_status(run_dir: Path) -> str:
     """completed or diverged (from result.json); running (another process holds its lock); failed
     (from result.json); incomplete (started, then interrupted); or pending (never started)."""
@@ -132,6 +156,53 @@ def is_locked(run_dir: Path) -> bool:
         return True
     except OSError:  # a read-only results folder: nobody can be training there
         return False
+
+
+def is_experiment_dir(path: Path) -> bool:
+    """An experiment folder: one with experiment.json, or with run folders holding spec.json (an
+    experiment.json lost, or never written by an older bnexp)."""
+    if (path / EXPERIMENT).is_file():
+        return True
+    try:
+        return any((child / SPEC).is_file() for child in path.iterdir() if child.is_dir())
+    except OSError:
+        return False
+
+
+def _experiments_in(folder: Path) -> list[Path]:
+    try:
+        return sorted(child for child in folder.iterdir() if child.is_dir() and is_experiment_dir(child))
+    except OSError:
+        return []
+
+
+def experiment_dirs(results_dir: Path, target: str | None = None) -> list[Path]:
+    """The experiment folders a `bnexp status` or `bnexp report` target means: an experiment name
+    under `results_dir`, an experiment folder, or a results folder (every experiment in it); None:
+    every experiment under `results_dir`. ResultsError with a did-you-mean when there is none."""
+    results_dir = Path(results_dir)
+    if target is not None:
+        for candidate in (results_dir / target, Path(target)):
+            if not candidate.is_dir():
+                continue
+            if is_experiment_dir(candidate):
+                return [candidate]
+            inner = _experiments_in(candidate)
+            if inner:
+                return inner
+            raise ResultsError(f"{candidate}: neither an experiment folder (experiment.json, or run folders with "
+                               "spec.json) nor a results folder holding one")
+        names = [folder.name for folder in _experiments_in(results_dir)]
+        raise ResultsError(f"{results_dir}: no experiment {target!r}; found: {', '.join(names) or 'none'}"
+                           + did_you_mean(target, names))
+    if not results_dir.is_dir():
+        raise ResultsError(f"{results_dir}: results folder not found; run `bnexp run CONFIG` first "
+                           "or pass the folder that holds the results with --results")
+    found = _experiments_in(results_dir)
+    if not found:
+        raise ResultsError(f"{results_dir}: no experiments here yet; start one with `bnexp run CONFIG` "
+                           "or pass another folder with --results")
+    return found
 
 
 def check_results_dir(results_dir: Path, experiment: str, run_ids: list[str]) -> None:

@@ -308,12 +308,12 @@ def test_partial_results_are_listed_not_dropped(tmp_path):
     missing = pd.read_csv(dirs / "tables" / "missing.csv")
     assert dict(zip(missing.run_id, missing.status)) == {
         "no_bn-s1-learning_rate0.01": "failed", "bn-s1-learning_rate0.01": "incomplete",
-        "bn-s2-learning_rate0.01": "unreadable", "no_bn-s3-lr0.01": "not started"}
+        "bn-s2-learning_rate0.01": "damaged", "no_bn-s3-lr0.01": "not started"}
     assert "ResourceExhaustedError: OOM" in set(missing.detail)
     page = (dirs / "index.html").read_text()
-    assert "no_bn-s2-learning_rate0.01/history.jsonl unreadable (line 2:" in page
-    assert "2 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 unreadable, 1 not started)" not in page
-    assert "3 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 unreadable, 1 not started)" in page
+    assert "no_bn-s2-learning_rate0.01/history.jsonl damaged (line 2:" in page
+    assert "2 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 damaged, 1 not started)" not in page
+    assert "3 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 damaged, 1 not started)" in page
     errors = pd.read_csv(dirs / "tables" / "test_error.csv")
     assert list(errors[["completed", "failed", "incomplete"]].sum()) == [3, 1, 1]
     assert path.joinpath("report").is_dir()
@@ -354,10 +354,10 @@ def test_a_second_report_replaces_the_first(tmp_path):
 def test_no_results_is_one_clear_error(tmp_path):
     with pytest.raises(ResultsError, match=r"results folder not found; run `bnexp run CONFIG` first"):
         report.write_reports(tmp_path / "nowhere", None)
-    with pytest.raises(ResultsError, match=r": no experiment results yet; run `bnexp run CONFIG` first$"):
+    with pytest.raises(ResultsError, match=r": no experiments here yet; start one with `bnexp run CONFIG` or pass another folder with --results$"):
         report.write_reports(tmp_path, None)
     lr_sweep(tmp_path, {(0.01, "no_bn"): [0.03]}, name="lr")
-    with pytest.raises(ResultsError, match=r"^no experiment 'nope' under .*; experiments there: lr$"):
+    with pytest.raises(ResultsError, match=r": no experiment 'nope'; found: lr$"):
         report.write_reports(tmp_path, "nope")
     planned = ExperimentWriter(tmp_path, "planned").plan(extra_run_ids=["a", "b"])
     with pytest.raises(ResultsError, match=r"planned: no run has started yet \(2 planned\)"):
