@@ -77,7 +77,7 @@ def plan(config, overrides, results_dir, data_dir):
     """
     from bnexp.planning import plan_table
 
-    experiment, runs = _load(config, overrides)
+    experiment, runs = _load(config, overrides, data_dir)
     click.echo(plan_table(experiment, runs, results_dir, data_dir))
 
 
@@ -119,7 +119,7 @@ def run(config, overrides, results_dir, data_dir, quiet, tensorboard, determinis
     from bnexp.runner import RunContext, SweepProgress, check_data, pending_runs, run_sweep, write_experiment
     from bnexp.store import check_results_dir
 
-    experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])])
+    experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])], data_dir)
     check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
     check_data(pending_runs(runs, results_dir), data_dir)
     write_experiment(experiment, runs, results_dir, str(config))
@@ -186,9 +186,9 @@ def status(experiment, results_dir):
     click.echo(sweep_status(results_dir, experiment))
 
 
-def _load(config: Path, overrides):
+def _load(config: Path, overrides, data_dir: Path | None):
     from bnexp.config import load_config
     from bnexp.sweep import expand_runs
 
     experiment = load_config(config, list(overrides))
-    return experiment, expand_runs(experiment, str(config))
+    return experiment, expand_runs(experiment, str(config), data_dir)

@@ -72,8 +72,11 @@ def fingerprint(data, data_dir: Path | None) -> str | None:
 
 
 def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _content_sha256(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    try:
+        stat = path.stat()
+        return _content_sha256(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
 
 
 # Keyed by the file's size, time and inode, so an edited or replaced file is hashed again; hashing the
