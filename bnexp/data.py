@@ -548,6 +548,8 @@ def _read_csv(request: _Request) -> tuple[_Arrays, list]:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable CSV file ({_reason(exc)})") from None
     columns = [str(column) for column in frame.columns]
+    if frame.empty:
+        raise DataError(f"{path}: no rows below the header; a dataset needs samples")
 
     if label not in columns:
         raise DataError(f"{path}: data.label_column: no column {label!r}{_suggest(label, columns)}")
