@@ -334,8 +334,8 @@ def _normalise(arrays: _Arrays, source: str) -> _Arrays:
     for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.ndim < 2:
             raise DataError(f"{source}: x_{part} should have a sample axis and features, found shape {x.shape}")
-        if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer) and not np.issubdtype(x.dtype, np.floating):
-            raise DataError(f"{source}: x_{part} should hold integers or floats, found {x.dtype}")
+        if not any(np.issubdtype(x.dtype, kind) for kind in (np.bool_, np.integer, np.floating)):
+            raise DataError(f"{source}: x_{part} should hold numbers (bool, integer or float), found {x.dtype}")
         _check_finite(x, f"{source}: x_{part}")
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y  # Keras gives CIFAR labels as (N, 1)
         if y.ndim != 1 or len(y) != len(x):

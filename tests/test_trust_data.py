@@ -260,6 +260,22 @@ def test_a_model_too_large_for_memory_says_the_numbers(cli, tmp_path, npz_config
                    "before the dense layers")
 
 
+def test_inputs_that_are_not_numbers_are_refused(cli, tmp_path, npz_config):
+    x, y = images(48)
+    path = write_npz(tmp_path / "text.npz", x[:36].astype(str), y[:36], x[36:].astype(str), y[36:])
+    assert_refused(cli, tmp_path, npz_config(path),
+                   f"{path}: x_train should hold numbers (bool, integer or float), found <U32")
+
+
+def test_every_optimizer_has_its_slot_count_for_the_memory_estimate():
+    from typing import get_args
+
+    from bnexp.config import TrainConfig
+    from bnexp.planning import _OPTIMIZER_SLOTS
+
+    assert set(_OPTIMIZER_SLOTS) == set(get_args(TrainConfig.model_fields["optimizer"].annotation))
+
+
 # Fingerprints
 
 
