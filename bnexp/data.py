@@ -332,7 +332,7 @@ def _normalise(arrays: _Arrays, source: str) -> _Arrays:
     x_train, y_train, x_test, y_test = arrays
     labels = []
     for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if x.ndim < 2:
+        if x.ndim < 2 or 0 in x.shape[1:]:
             raise DataError(f"{source}: x_{part} should have a sample axis and features, found shape {x.shape}")
         if not any(np.issubdtype(x.dtype, kind) for kind in (np.bool_, np.integer, np.floating)):
             raise DataError(f"{source}: x_{part} should hold numbers (bool, integer or float), found {x.dtype}")

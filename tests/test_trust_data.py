@@ -267,6 +267,14 @@ def test_inputs_that_are_not_numbers_are_refused(cli, tmp_path, npz_config):
                    f"{path}: x_train should hold numbers (bool, integer or float), found <U32")
 
 
+def test_samples_without_features_are_refused(cli, tmp_path, npz_config):
+    _, y = images(48)
+    empty = np.zeros((48, 4, 4, 0), "float32")
+    path = write_npz(tmp_path / "empty.npz", empty[:36], y[:36], empty[36:], y[36:])
+    assert_refused(cli, tmp_path, npz_config(path),
+                   f"{path}: x_train should have a sample axis and features, found shape (36, 4, 4, 0)")
+
+
 def test_every_optimizer_has_its_slot_count_for_the_memory_estimate():
     from typing import get_args
 
