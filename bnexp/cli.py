@@ -93,7 +93,7 @@ def plan(config, overrides, sweeps, results_dir, data_dir):
     from bnexp.planning import plan_table
     from bnexp.runner import check_same_experiment
 
-    experiment, runs = _load(config, overrides, sweeps)
+    experiment, runs = _load(config, overrides, sweeps, data_dir)
     check_same_experiment(experiment, runs, results_dir, config)
     click.echo(plan_table(experiment, runs, results_dir, data_dir))
 
@@ -143,7 +143,8 @@ def run(ctx, config, overrides, sweeps, results_dir, data_dir, quiet, tensorboar
     _check_executor_options(ctx, executor, workers, address, cpus_per_run, gpus_per_run)
     if tensorboard:
         check_tensorboard()
-    experiment, runs = _load(config, [*overrides, *(["train.deterministic=true"] if deterministic else [])], sweeps)
+    deterministic_override = ["train.deterministic=true"] if deterministic else []
+    experiment, runs = _load(config, [*overrides, *deterministic_override], sweeps, data_dir)
     check_same_experiment(experiment, runs, results_dir, config)
     with removed_if_refused(results_dir / experiment.name):
         check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
@@ -214,13 +215,13 @@ def status(target, results_dir):
     click.echo(sweep_status(results_dir, target))
 
 
-def _load(config: Path, overrides, sweeps=()):
+def _load(config: Path, overrides, sweeps, data_dir: Path | None):
     from bnexp.config import load_config
     from bnexp.runner import check_distinct_runs
     from bnexp.sweep import expand_runs
 
     experiment = load_config(config, list(overrides), list(sweeps))
-    runs = expand_runs(experiment, str(config))
+    runs = expand_runs(experiment, str(config), data_dir)
     check_distinct_runs(runs, str(config))
     return experiment, runs
 
@@ -255,3 +256,4 @@ def _check_target(metric: str | None, value: float | None) -> None:
                         "(0 is met by every run at once), e.g. 0.9 for 90%")
     if value < 0:
         raise UserError(f"--target-value {value:g}: {shown} is a loss, never below 0; expected a value >= 0")
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import functools
 import gzip
+import hashlib
 import math
 import pickle
 import tarfile
@@ -38,6 +39,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # Parts too small to mean much (see _small_parts): said once before training, never an error.
+    warnings: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,9 +55,39 @@ def load_dataset(data, data_dir: Path | None) -> Dataset:
     test_subset, scaling, split_seed). `data_dir` holds the MNIST, Fashion-MNIST and
     CIFAR-10 files; when it is None those are downloaded through keras.datasets.
     Relative csv/npz paths are tried from the current directory, then from `data_dir`.
-    Raises DataError, with a one-line message, for missing, corrupt or unusable data.
+    Raises DataError, with a one-line message, for missing, corrupt or unusable data: non-finite
+    inputs, labels that are not class indices 0..K-1, one class, an empty part, test labels the
+    training part never shows.
     """
     return _load(_request(data, data_dir))
+
+
+def fingerprint(data, data_dir: Path | None) -> str | None:
+    """The SHA-256 of the csv/npz file a `data` config reads (DataError when it is missing), None for
+    the built-in datasets: their name already says what they hold, as Keras checks the official files'
+    hashes when it downloads them, and an id must not change between a downloaded copy and a local one."""
+    if data.dataset in _BUILTINS:
+        return None
+    return _file_sha256(_resolve_path(data.path, data.dataset, data_dir))
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        stat = path.stat()
+        return _content_sha256(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+
+
+# Keyed by the file's size, time and inode, so an edited or replaced file is hashed again; hashing the
+# 11 MB mnist.npz takes about 15 ms, so a plan or run of a whole sweep reads each file once.
+@functools.lru_cache(maxsize=64)
+def _content_sha256(path: Path, size: int, mtime_ns: int, inode: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def dataset_info(data, data_dir: Path | None) -> tuple[tuple[int, ...], int]:
@@ -87,6 +120,7 @@ class _Request(NamedTuple):
     test_subset: int | None
     scaling: str | None
     split_seed: int
+    sha256: str | None  # the file's content, so an edited file is read again
 
 
 class _Arrays(NamedTuple):
@@ -107,9 +141,10 @@ class _Builtin(NamedTuple):
 
 def _request(data, data_dir: Path | None) -> _Request:
     data_dir = Path(data_dir) if data_dir is not None else None
-    path = None
+    path = sha256 = None
     if data.dataset not in _BUILTINS:
         path = _resolve_path(data.path, data.dataset, data_dir)
+        sha256 = _file_sha256(path)
     return _Request(
         dataset=data.dataset,
         path=path,
@@ -123,6 +158,7 @@ def _request(data, data_dir: Path | None) -> _Request:
         test_subset=data.test_subset,
         scaling=data.scaling,
         split_seed=data.split_seed,
+        sha256=sha256,
     )
 
 
@@ -146,14 +182,14 @@ def _load(request: _Request) -> Dataset:
     if request.dataset in _BUILTINS:
         name = request.dataset
         arrays = _read_builtin(name, request.data_dir)
-        num_classes = _BUILTINS[name].num_classes
+        classes = list(range(_BUILTINS[name].num_classes))
     elif request.dataset == "npz":
         name = str(request.path)
         arrays = _normalise(_read_npz(request.path), name)
-        num_classes = int(np.concatenate([arrays.y_train, arrays.y_test]).max()) + 1
+        classes = list(range(_class_count(arrays, name)))
     else:
         name = str(request.path)
-        arrays, num_classes = _read_csv(request)
+        arrays, classes = _read_csv(request)
 
     x_pool = _first(arrays.x_train, request.train_subset, "data.train_subset", "training", name)
     y_pool = arrays.y_train[: len(x_pool)]
@@ -167,8 +203,14 @@ def _load(request: _Request) -> Dataset:
             f"data.validation_split: {request.validation_split} of {len(x_pool)} training rows "
             f"in {name} leaves no rows to train on"
         )
+    if split_at == len(x_pool):  # a split so small that 1 - split rounds to 1
+        raise DataError(
+            f"data.validation_split: {request.validation_split} of {len(x_pool)} training rows "
+            f"in {name} leaves no rows to validate on"
+        )
     x_train, x_val = x_pool[:split_at], x_pool[split_at:]
     y_train, y_val = y_pool[:split_at], y_pool[split_at:]
+    warnings = _check_labels(name, classes, y_train, y_val, y_test)
 
     scaling = request.scaling or _automatic_scaling(request.dataset, x_train)
     x_train, x_val, x_test = _scale((x_train, x_val, x_test), scaling)
@@ -180,8 +222,38 @@ def _load(request: _Request) -> Dataset:
         y_val=_frozen(y_val),
         x_test=_frozen(x_test),
         y_test=_frozen(y_test),
-        num_classes=num_classes,
+        num_classes=len(classes),
+        warnings=warnings,
     )
+
+
+def _check_labels(name: str, classes: list, y_train, y_val, y_test) -> tuple[str, ...]:
+    """Refuse parts a classifier cannot learn from or be tested on; return the warnings for parts
+    too small to mean much: fewer samples than classes, so some class cannot appear even once."""
+    present = np.unique(y_train)
+    if len(present) < 2:
+        raise DataError(
+            f"{name}: the training part holds only class {classes[present[0]]!r} ({len(y_train)} sample(s), after "
+            f"data.train_subset and data.validation_split); a classifier needs at least two classes"
+        )
+    unseen = np.setdiff1d(np.unique(y_test), present)
+    if len(unseen):
+        raise DataError(
+            f"{name}: test label(s) {_labels(classes, unseen)} never occur in the training part "
+            f"({int(np.isin(y_test, unseen).sum())} of {len(y_test)} test samples), so the model cannot learn them; "
+            f"give the training part samples of every test class (data.train_subset, data.validation_split)"
+        )
+    return tuple(
+        f"{name}: the {part} part has {len(y)} sample(s) for {len(classes)} classes; "
+        f"its accuracy means little (at least one sample per class, and far more for a clear difference)"
+        for part, y in (("training", y_train), ("validation", y_val), ("test", y_test))
+        if len(y) < len(classes)
+    )
+
+
+def _labels(classes: list, indices) -> str:
+    shown = ", ".join(repr(classes[i]) for i in indices[:5])
+    return shown + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
 
 
 def _first(x: np.ndarray, subset: int | None, key: str, part: str, name: str) -> np.ndarray:
@@ -260,8 +332,11 @@ def _normalise(arrays: _Arrays, source: str) -> _Arrays:
     x_train, y_train, x_test, y_test = arrays
     labels = []
     for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if x.ndim < 2:
+        if x.ndim < 2 or 0 in x.shape[1:]:
             raise DataError(f"{source}: x_{part} should have a sample axis and features, found shape {x.shape}")
+        if not any(np.issubdtype(x.dtype, kind) for kind in (np.bool_, np.integer, np.floating)):
+            raise DataError(f"{source}: x_{part} should hold numbers (bool, integer or float), found {x.dtype}")
+        _check_finite(x, f"{source}: x_{part}")
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y  # Keras gives CIFAR labels as (N, 1)
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"{source}: {len(x)} samples in x_{part} but y_{part} has shape {y.shape}")
@@ -269,9 +344,13 @@ def _normalise(arrays: _Arrays, source: str) -> _Arrays:
             raise DataError(f"{source}: y_{part} should hold integer class indices, found {y.dtype}")
         if len(y) and y.min() < 0:
             raise DataError(f"{source}: y_{part} should hold class indices >= 0, found {y.min()}")
+        if len(y) and y.max() > np.iinfo(np.int32).max:
+            raise DataError(f"{source}: y_{part} should hold class indices 0..K-1, found {y.max()}")
         labels.append(y.astype(np.int32))
     if len(x_train) == 0:
         raise DataError(f"{source}: x_train has no samples")
+    if len(x_test) == 0:
+        raise DataError(f"{source}: x_test has no samples; the test error needs at least one")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
             f"{source}: x_train samples have shape {x_train.shape[1:]} but x_test samples {x_test.shape[1:]}"
@@ -279,6 +358,42 @@ def _normalise(arrays: _Arrays, source: str) -> _Arrays:
     if x_train.ndim == 3:  # greyscale (N, H, W) images get the channel axis Conv2D needs
         x_train, x_test = x_train[..., np.newaxis], x_test[..., np.newaxis]
     return _Arrays(x_train, labels[0], x_test, labels[1])
+
+
+def _check_finite(x: np.ndarray, where: str) -> None:
+    """NaN or inf inputs make a run diverge whatever its arm, so training on them would blame the model."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.unravel_index(np.argmax(bad), x.shape)
+        at = f"sample {first[0]}" + (f", position {tuple(int(i) for i in first[1:])}" if x.ndim > 2 else f", feature {first[1]}")
+        raise DataError(
+            f"{where}: {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} infinite value(s), the first at "
+            f"{at}; bnexp needs finite inputs: fix or drop those samples"
+        )
+
+
+def _class_count(arrays: _Arrays, source: str) -> int:
+    """K for labels 0..K-1; every class needs training samples, or the output layer and the chance level
+    would count classes the model never sees (labels numbered from 1, or with gaps)."""
+    present = np.unique(arrays.y_train)
+    if len(present) < 2:
+        raise DataError(f"{source}: y_train holds only class {present[0]}; a classifier needs at least two classes")
+    unseen = np.setdiff1d(np.unique(arrays.y_test), present)
+    if len(unseen):
+        raise DataError(
+            f"{source}: y_test label(s) {_labels(unseen.tolist(), range(len(unseen)))} never occur in y_train "
+            f"({int(np.isin(arrays.y_test, unseen).sum())} of {len(arrays.y_test)} test samples), so the model "
+            f"cannot learn them; add training samples of those classes or drop them from the test set"
+        )
+    if present[-1] + 1 != len(present):
+        first = int(np.flatnonzero(present != np.arange(len(present)))[0])
+        raise DataError(
+            f"{source}: y_train should hold class indices 0..K-1 without gaps, but class {first} has no samples "
+            f"(labels found: {_labels(present.tolist(), range(len(present)))}); renumber the classes from 0"
+        )
+    return len(present)
 
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -423,7 +538,7 @@ def _parse_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
-def _read_csv(request: _Request) -> tuple[_Arrays, int]:
+def _read_csv(request: _Request) -> tuple[_Arrays, list]:
     """Read a table, map its labels to 0..K-1 and carve out a stratified test set."""
     path, label = request.path, request.label_column
     if label is None:
@@ -433,6 +548,8 @@ def _read_csv(request: _Request) -> tuple[_Arrays, int]:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable CSV file ({_reason(exc)})") from None
     columns = [str(column) for column in frame.columns]
+    if frame.empty:
+        raise DataError(f"{path}: no rows below the header; a dataset needs samples")
 
     if label not in columns:
         raise DataError(f"{path}: data.label_column: no column {label!r}{_suggest(label, columns)}")
@@ -462,13 +579,33 @@ def _read_csv(request: _Request) -> tuple[_Arrays, int]:
         )
     empty = [c for c in [*features, label] if frame[c].isna().any()]
     if empty:
-        raise DataError(f"{path}: empty cells in column(s) {', '.join(empty)}")
+        line = int(np.argmax(frame[empty[0]].isna().to_numpy())) + 2  # line 1 is the header
+        raise DataError(f"{path}: empty or NaN cells in column(s) {', '.join(empty)}, the first at line {line} "
+                        f"(column {empty[0]}); fill or drop those rows")
 
     classes, y = np.unique(frame[label].to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"{path}: data.label_column {label!r} holds only one class ({classes[0]!r}); "
+                        f"a classifier needs at least two")
     x = frame[features].to_numpy(dtype=np.float32)
+    infinite = ~np.isfinite(x)
+    if infinite.any():
+        row, column = np.unravel_index(np.argmax(infinite), x.shape)
+        raise DataError(
+            f"{path}: {int(infinite.sum())} infinite value(s) (or beyond float32's range), the first at line {row + 2} "
+            f"(column {features[column]}); bnexp needs finite inputs: fix or drop those rows"
+        )
     train, test = _stratified_split(y, request.test_split, np.random.default_rng(request.split_seed))
+    if len(train) == 0:
+        raise DataError(f"{path}: data.test_split: {request.test_split} of {len(y)} rows leaves no training rows; "
+                        f"lower data.test_split or add rows")
+    if len(test) == 0:
+        raise DataError(
+            f"{path}: data.test_split: {request.test_split} of {len(y)} rows leaves no test rows (each class gives "
+            f"round(test_split x its rows)); raise data.test_split or add rows"
+        )
     y = y.astype(np.int32)
-    return _Arrays(x[train], y[train], x[test], y[test]), len(classes)
+    return _Arrays(x[train], y[train], x[test], y[test]), classes.tolist()
 
 
 def _stratified_split(y: np.ndarray, test_split: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import keras
 from keras import layers
 
 from bnexp.config import InitializerConfig, ModelConfig
+from bnexp.errors import DataError
 
 _INITIALIZERS = {
     "glorot_uniform": keras.initializers.GlorotUniform,
@@ -42,7 +44,29 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     """The functional model described by `config`; compile and fit stay with the caller.
 
     Layer names are fixed (conv_0, dense_1, output, ...) so arms can be compared layer by layer.
+    A model the data's shape cannot feed (conv blocks on flat features, a kernel or pool larger than
+    the map it gets) raises DataError naming the config key; the caller adds the data file's name.
     """
+    try:
+        return _build(config, tuple(input_shape), num_classes, seed)
+    except ValueError as exc:  # a mismatch the checks in _build do not foresee: Keras' own words
+        raise DataError(f"model: Keras cannot build it for data of shape {tuple(input_shape)}: {_reason(exc)}") from None
+
+
+def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts of the model, built without allocating its weights.
+
+    Sizing a model too large for memory must not try to allocate it, and the process that plans a
+    sweep must not start the backend on a device (TensorFlow would take the GPU its workers need).
+    """
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            return count_params(build_model(config, input_shape, num_classes, seed=0))
+    finally:
+        keras.utils.clear_session(free_memory=False)  # Keras keeps the weights to initialise later: drop them
+
+
+def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
     bn, dropout = config.batch_norm, config.dropout
 
     def transform(x, layer_cls, name, **kwargs):
@@ -58,6 +82,12 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
         return x
 
     def normalize(x, name):
+        ndim = len(x.shape)
+        if not (-ndim <= bn.axis < ndim and bn.axis % ndim != 0):  # axis 0 is the batch
+            raise DataError(
+                f"model.batch_norm.axis: {bn.axis} is not a feature axis of {name[:-3]}'s outputs of shape "
+                f"{tuple(x.shape[1:])} (data shape {input_shape}); allowed: 1 to {ndim - 1} or -1 to -{ndim - 1}"
+            )
         return layers.BatchNormalization(
             axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon,
             center=bn.center, scale=bn.scale, renorm=bn.renorm, name=name,
@@ -69,8 +99,23 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
     for i, block in enumerate(config.conv):
+        if len(x.shape) != 4:
+            raise DataError(
+                f"model.conv: conv blocks need images (height, width, channels) but the samples have shape "
+                f"{input_shape}; remove model.conv (an MLP) for flat features"
+            )
+        if block.padding == "valid" and block.kernel_size > min(x.shape[1:3]):
+            raise DataError(
+                f"model.conv.{i}.kernel_size: {block.kernel_size} is larger than the {_map(x)} map the block gets "
+                f"(data shape {input_shape}); allowed: at most {min(x.shape[1:3])}, or padding: same"
+            )
         x = transform(x, layers.Conv2D, f"conv_{i}", filters=block.filters, kernel_size=block.kernel_size,
                       strides=block.strides, padding=block.padding)
+        if block.pool and block.pool > min(x.shape[1:3]):
+            raise DataError(
+                f"model.conv.{i}.pool: {block.pool} is larger than the {_map(x)} feature map it pools "
+                f"(data shape {input_shape}); allowed: at most {min(x.shape[1:3])}"
+            )
         if block.pool:
             if dropout.rate and dropout.placement == "before_pooling":
                 x = drop(x, f"dropout_{i}")
@@ -88,6 +133,15 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     init = make_initializer(config.kernel_initializer, layer_seed(seed, "output"))
     outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=init, name="output")(x)
     return keras.Model(inputs, outputs, name="bn" if bn.enabled else "no_bn")
+
+
+def _map(x) -> str:
+    return f"{x.shape[1]}x{x.shape[2]}"
+
+
+def _reason(exc: BaseException) -> str:
+    """Keras' message on one line, without its terminal colour codes."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

@@ -1,23 +1,38 @@
-"""`bnexp plan`: the runs of an experiment as a table, with parameter counts and status."""
+"""What `bnexp plan` shows and `bnexp run` checks before training: that the data can serve each run
+(batch size, steps per epoch) and each model can take the data's shape and fits in memory."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnexp.config import ExperimentConfig, RunConfig
+from bnexp.config import RunConfig, TrainConfig
 from bnexp.errors import DataError
 from bnexp.store import run_status
-from bnexp.sweep import RunSpec
+from bnexp.sweep import UNKNOWN_DATA, RunSpec
+
+# Slot variables Keras' optimizers keep per trainable weight: what training holds beyond the weights
+# and their gradients (rmsprop and sgd add a momentum slot only when momentum is set).
+_OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "nadam": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
 
 
-def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, data_dir: Path | None) -> str:
+@dataclass
+class RunsCheck:
+    params: dict[str, tuple[int, int]] = field(default_factory=dict)  # (trainable, non-trainable) per _model_key
+    warnings: list[str] = field(default_factory=list)  # parts of the data too small to mean much
+    missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
+
+
+def plan_table(experiment, runs: list[RunSpec], results_dir: Path, data_dir: Path | None) -> str:
     import pandas as pd
 
-    params, missing_data = parameter_counts(runs, data_dir)
+    checked = check_runs(runs, data_dir, strict=False)
     rows = []
     for spec in runs:
-        trainable, frozen = params.get(_model_key(spec), ("?", "?"))
+        trainable, frozen = checked.params.get(_model_key(spec), ("?", "?"))
         rows.append({
             **{key: value for key, value in spec.point.items()},
             "arm": spec.arm,
@@ -25,7 +40,7 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
             "run id": spec.run_id,
             "trainable": trainable,
             "non-trainable": frozen,
-            "status": run_status(results_dir / spec.experiment / spec.run_id),
+            "status": "pending" if spec.data_error else run_status(results_dir / spec.experiment / spec.run_id),
         })
     table = pd.DataFrame(rows).to_string(index=False)
     points = len(runs) // (len(experiment.arms) * len(experiment.seeds))
@@ -34,28 +49,96 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
     totals = (f"{experiment.name}: {len(runs)} runs = {points} sweep point(s) x {len(experiment.arms)} arm(s) "
               f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
               f"(results in {results_dir / experiment.name})")
-    note = f"\nparameter counts need the data ('?' above): {missing_data}" if missing_data else ""
-    return f"{table}\n\n{totals}{note}"
+    notes = [f"warning: {warning}" for warning in checked.warnings]
+    if checked.missing:
+        notes += [f"run ids end in '{UNKNOWN_DATA}' until the data file is there: an id covers the file's content",
+                  f"parameter counts need the data ('?' above): {checked.missing}"]
+    return "\n".join([table, "", totals, *notes])
 
 
-def parameter_counts(runs: list[RunSpec], data_dir: Path | None) -> tuple[dict[str, tuple[int, int]], str | None]:
-    """(trainable, non-trainable) per distinct model and input shape, building each model once;
-    and why some are missing: a CSV or npz config needs its file to know the input size."""
-    from bnexp.data import dataset_info
-    from bnexp.models import build_model, count_params
+def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> RunsCheck:
+    """Check every run against its data, loading each distinct dataset and building each distinct model
+    (without its weights) once; DataError, one line naming the data file and the key, for the first
+    run that cannot train.
 
-    counts, missing = {}, None
+    strict (`bnexp run`): every dataset is loaded (a built-in one downloaded if need be) and a missing
+    file is an error. Otherwise (`bnexp plan`) a built-in dataset's shape comes from its published
+    constants, without reading it, and the runs of a missing csv/npz file are left unchecked.
+    """
+    from bnexp.data import dataset_info, load_dataset
+
+    checked, datasets = RunsCheck(), {}
     for spec in runs:
-        key = _model_key(spec)
-        if key not in counts:
-            config = RunConfig.model_validate(spec.config)
-            try:
-                input_shape, num_classes = dataset_info(config.data, data_dir)
-            except DataError as exc:
-                missing = str(exc)
-                continue
-            counts[key] = count_params(build_model(config.model, input_shape, num_classes, config.seed))
-    return counts, missing
+        if spec.data_error:
+            if strict:
+                raise DataError(spec.data_error)
+            checked.missing = spec.data_error
+            continue
+        config = RunConfig.model_validate(spec.config)
+        data_key = json.dumps(spec.config["data"], sort_keys=True)
+        if data_key not in datasets:
+            if strict or config.data.dataset in ("csv", "npz"):
+                dataset = load_dataset(config.data, data_dir)
+                datasets[data_key] = (dataset.name, dataset.input_shape, dataset.num_classes, len(dataset.x_train))
+                checked.warnings += dataset.warnings
+            else:
+                datasets[data_key] = (config.data.dataset, *dataset_info(config.data, data_dir), None)
+        name, input_shape, num_classes, train_samples = datasets[data_key]
+        if train_samples is not None:
+            _check_batches(config.train, name, train_samples)
+        model_key = _model_key(spec)
+        if model_key not in checked.params:
+            checked.params[model_key] = _check_model(config, name, input_shape, num_classes)
+        _check_memory(config.train, checked.params[model_key], name, input_shape)
+    return checked
+
+
+def _check_batches(train: TrainConfig, name: str, samples: int) -> None:
+    """Refuse a batch or an epoch the training part cannot fill: training would silently use less."""
+    if train.batch_size > samples:
+        raise DataError(
+            f"{name}: train.batch_size: {train.batch_size} is more than the {samples} samples of the training part "
+            f"(after data.train_subset and data.validation_split); allowed: 1 to {samples}"
+        )
+    batches = math.ceil(samples / train.batch_size)
+    if train.steps_per_epoch and train.steps_per_epoch > batches:
+        raise DataError(
+            f"{name}: train.steps_per_epoch: {train.steps_per_epoch} is more than the {batches} batches of "
+            f"{train.batch_size} that the {samples} training samples give (an epoch sees each sample at most once); "
+            f"allowed: 1 to {batches}, or leave it unset for the whole training part"
+        )
+
+
+def _check_model(config: RunConfig, name: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
+    from bnexp.models import model_size
+
+    try:
+        return model_size(config.model, input_shape, num_classes)
+    except DataError as exc:
+        raise DataError(f"{name}: {exc}") from None
+
+
+def _check_memory(train: TrainConfig, params: tuple[int, int], name: str, input_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose float32 weights, gradients and optimizer slots alone exceed this machine's
+    memory (a lower bound: the activations of a batch come on top)."""
+    trainable, frozen = params
+    slots = _OPTIMIZER_SLOTS[train.optimizer] + (train.optimizer in ("sgd", "rmsprop") and train.momentum > 0)
+    needed, available = 4 * (trainable * (2 + slots) + frozen), physical_memory()
+    if available and needed > available:
+        raise DataError(
+            f"{name}: model: {trainable:,} trainable and {frozen:,} non-trainable parameters for inputs of shape "
+            f"{input_shape} need at least {needed / 2**30:.1f} GiB to train with {train.optimizer} (float32 weights, "
+            f"gradients and {slots} optimizer slot(s) per weight) but this machine has {available / 2**30:.1f} GiB; "
+            f"make model.dense or model.conv smaller, or pool more before the dense layers"
+        )
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
 
 
 def _model_key(spec: RunSpec) -> str:

@@ -7,7 +7,6 @@ train in this process, in worker processes or on a cluster, and yields each run 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from collections import Counter
@@ -90,12 +89,13 @@ def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
 
 
 def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
-    """Load each distinct dataset once, so missing or corrupt data stops the sweep before any training."""
-    from bnexp.config import DataConfig
-    from bnexp.data import load_dataset
+    """Load each distinct dataset and build each distinct model (without its weights) once, so missing
+    or unusable data, or a model it cannot feed, stops the sweep before any training (DataError);
+    warnings about parts too small to mean much are printed once."""
+    from bnexp.planning import check_runs
 
-    for data in {json.dumps(spec.config["data"], sort_keys=True): spec.config["data"] for spec in runs}.values():
-        load_dataset(DataConfig.model_validate(data), data_dir)
+    for warning in check_runs(runs, data_dir, strict=True).warnings:
+        print(f"Warning: {warning}", file=sys.stderr, flush=True)
 
 
 def check_distinct_runs(runs: list[RunSpec], source: str) -> None:

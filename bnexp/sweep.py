@@ -1,4 +1,9 @@
-"""Expand an experiment into run specs: grid points x arms x seeds, each with a stable id."""
+"""Expand an experiment into run specs: grid points x arms x seeds, each with a stable id.
+
+A run id covers the run's config and, for csv/npz data, the SHA-256 of the file's content, so an
+edited data file trains again while unchanged data is skipped. The built-in datasets are known by
+name (see bnexp.data.fingerprint), so their ids do not depend on where the files came from.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,15 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bnexp import RESULTS_FORMAT, __version__
-from bnexp.config import ExperimentConfig
+from bnexp.config import DataConfig, ExperimentConfig
+from bnexp.errors import DataError
+
+# Ends a run id whose data file could not be read: `bnexp plan` lists such runs, `bnexp run` refuses them.
+UNKNOWN_DATA = "?"
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,8 @@ class RunSpec:
     point: dict[str, Any]  # swept key -> value
     config: dict[str, Any]  # RunConfig as JSON: data, model, train, seed
     run_id: str
+    data_sha256: str | None = None  # content of the csv/npz file the run reads; None for a built-in dataset
+    data_error: str | None = None  # why the file, and so the run id, is unknown (the id ends in UNKNOWN_DATA)
 
     def record(self) -> dict[str, Any]:
         """The spec.json content."""
@@ -38,13 +50,21 @@ class RunSpec:
             "seed": self.seed,
             "point": self.point,
             "config": self.config,
+            "data_sha256": self.data_sha256,
         }
 
 
-def expand_runs(experiment: ExperimentConfig, source: str) -> list[RunSpec]:
-    """Every run of the experiment, grouped by sweep point, then seed, then arm."""
+def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None = None) -> list[RunSpec]:
+    """Every run of the experiment, grouped by sweep point, then seed, then arm.
+
+    `data_dir` is where relative csv/npz paths are looked for after the current directory (as in
+    bnexp.data.load_dataset). A missing file does not stop the expansion: its runs get `data_error`.
+    """
+    from bnexp.data import fingerprint
+
     keys = list(experiment.sweep)
     runs = []
+    fingerprints: dict[str, tuple[str | None, str | None]] = {}  # data section -> (sha256, error)
     for values in itertools.product(*(experiment.sweep[k] for k in keys)):
         point = dict(zip(keys, values))
         where = ", ".join(f"{k}={v}" for k, v in point.items())
@@ -53,14 +73,24 @@ def expand_runs(experiment: ExperimentConfig, source: str) -> list[RunSpec]:
                 overrides = {k: (v, f"{source}: sweep point {where}") for k, v in point.items()}
                 overrides |= {k: (v, f"{source}: arms.{arm}") for k, v in changes.items()}
                 config = experiment.run_config(overrides, seed, source).model_dump(mode="json")
+                data = json.dumps(config["data"], sort_keys=True)
+                if data not in fingerprints:
+                    try:
+                        fingerprints[data] = fingerprint(DataConfig.model_validate(config["data"]), data_dir), None
+                    except DataError as exc:
+                        fingerprints[data] = None, str(exc)
+                sha256, error = fingerprints[data]
+                identity = run_id(arm, config, sha256) + (UNKNOWN_DATA if error else "")
                 runs.append(RunSpec(experiment.name, arm, experiment.reference, tuple(experiment.arms), seed, point,
-                                    config, run_id(arm, config)))
+                                    config, identity, sha256, error))
     return runs
 
 
-def run_id(arm: str, config: dict[str, Any]) -> str:
-    """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on, so a changed value
-    gives a new id (and a new run) while an unchanged run keeps its id and is skipped."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+def run_id(arm: str, config: dict[str, Any], data_sha256: str | None = None) -> str:
+    """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config, and the
+    content of its data file when it reads one), so a changed value or file gives a new id (and a new
+    run) while an unchanged run keeps its id and is skipped."""
+    identity = config if data_sha256 is None else {"config": config, "data_sha256": data_sha256}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     return f"{arm}-s{config['seed']}-{digest}"
