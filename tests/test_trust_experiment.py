@@ -278,7 +278,7 @@ def test_top_level_help_shows_whole_command_summaries():
     out = CliRunner().invoke(main, ["--help"], terminal_width=80)
     text = " ".join(out.output.split())
     assert "report Write tables, plots and a report page for experiments under the results folder." in text
-    assert "status List the runs of EXPERIMENT (default: every experiment) and where each one stands." in text
+    assert "status List the runs of TARGET (default: every experiment under --results) and where each one stands." in text
     assert "..." not in out.output.partition("Commands:")[2]
 
 
