@@ -152,7 +152,7 @@ class EpochBatches(keras.utils.PyDataset):
         self.batches = math.ceil(len(x) / batch_size)
         if steps_per_epoch:
             self.batches = min(self.batches, steps_per_epoch)
-        self.callback = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: self.serve(epoch))
+        self.callback = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: self.serve(epoch))
         self.serve(0)
 
     def serve(self, epoch: int) -> None:
