@@ -1,6 +1,7 @@
 """bnexp against a plain Keras script, side by side in one invocation; prints figures and ratios.
 
     python bench/run.py --data-dir ../shared/data
+    python bench/run.py --data-dir ../shared/data --batches 250 --skip sweep startup report flops  # one run only
 
 Same model (E2), data and epochs on both sides. Real MNIST from --data-dir, else synthetic data
 of MNIST's shape. The two sides run back to back, --repeats times in alternating order, and each
@@ -29,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also for the model this pr
 BENCH = Path(__file__).resolve().parent
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 SWEEP_BATCHES = (16, 32, 64, 128)  # x 2 arms = the 8-run sweep
+ONE_RUN_TARGETS = {250: 0.9, 16: 0.75}  # batch size: target wall ratio of one run against plain Keras
 
 
 def bnexp_command() -> list[str]:
@@ -236,6 +238,8 @@ def main():
     parser.add_argument("--sweep-epochs", type=int, default=1)
     parser.add_argument("--sweep-subset", type=int, default=12000, help="sweep: first N training images")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of each side-by-side comparison")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(ONE_RUN_TARGETS), choices=list(ONE_RUN_TARGETS),
+                        help="batch sizes of the one-run comparisons")
     parser.add_argument("--skip", nargs="*", default=[], choices=["one", "sweep", "startup", "report", "flops"])
     args = parser.parse_args()
     args.train_subset = args.train_subset or None
@@ -253,10 +257,10 @@ def main():
         print(f"machine: {machine()}\ndata: {described}\nload average at start: {os.getloadavg()}", flush=True)
         one = {}
         if "one" not in args.skip:
-            for batch, target in ((250, 0.9), (16, 0.75)):
+            for batch in args.batches:
                 one[batch] = one_run(args, folder, npz, data, batch)
                 row(f"one run, batch {batch}: wall incl. start-up", one[batch]["plain_wall"],
-                    one[batch]["bnexp_wall"], target)
+                    one[batch]["bnexp_wall"], ONE_RUN_TARGETS[batch])
                 row(f"one run, batch {batch}: epoch after the first", one[batch]["plain_epoch"],
                     one[batch]["bnexp_epoch"], None)
                 print(f"  epoch seconds: plain {one[batch]['plain_epochs']}, bnexp {one[batch]['bnexp_epochs']}")

@@ -1,6 +1,9 @@
 """Train one run and record it: spec.json, history.jsonl after every epoch, result.json at the end.
 
-The training code uses only Keras 3 APIs (no `tf.*`), so it runs on any Keras backend.
+One `fit` trains all epochs (one more after a resume) on EpochBatches, which serves each epoch in
+its (seed, epoch) order; what happens after an epoch (history, progress, the NaN check, early
+stopping, the checkpoint) is a callback each. The training code uses only Keras 3 APIs (no `tf.*`),
+so it runs on any Keras backend.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import socket
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -23,7 +25,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from bnexp.config import RunConfig, TrainConfig
+from bnexp.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from bnexp.data import load_dataset
 from bnexp.models import build_model, count_params
 from bnexp.errors import ResultsError
@@ -83,9 +85,9 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
         enable_determinism()
     keras.utils.set_random_seed(config.seed)
     data = load_dataset(config.data, data_dir)
-    stopper = EarlyStopper(train) if train.early_stopping else None
-    checkpoint = Checkpoint(run_dir)
-    model = checkpoint.restore(history, stopper)
+    stopping = ResumableEarlyStopping(train.early_stopping) if train.early_stopping else None
+    checkpoint = Checkpoint(run_dir, stopping)
+    model = checkpoint.restore(history)
     if model is None:
         model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
         model.compile(
@@ -99,52 +101,33 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
     result["trainable_params"], result["non_trainable_params"] = count_params(model)
     result["num_classes"] = data.num_classes  # lets the report tell "stuck at chance" for any dataset
 
-    n = len(data.x_train)
-    batches = math.ceil(n / train.batch_size)
-    if train.steps_per_epoch:
-        batches = min(batches, train.steps_per_epoch)
-    used = min(n, batches * train.batch_size)
+    batches = EpochBatches(data.x_train, data.y_train, config.seed, train.batch_size, train.steps_per_epoch)
     step_log = StepLossLog(train.log_every_steps)
+    divergence = Divergence()
+    # Order matters: every callback's on_epoch_end runs before Keras acts on stop_training, so the
+    # epoch is recorded and reported first, and the checkpoint, last, sees whether the run stops.
+    callbacks = [
+        batches.callback,
+        step_log,
+        HistoryLog(run_dir / HISTORY, history, step_log),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(history[-1])),
+        divergence,
+        *([stopping] if stopping else []),
+        checkpoint,
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     # Evaluation needs no small batches (BN uses its moving statistics); one size for validation and
     # test traces the evaluation function once. E2 on 12k images: 0.9 s at 1024 instead of 1.4 s at 16.
     eval_batch = max(train.batch_size, 1024)
-    callbacks = [step_log, keras.callbacks.TerminateOnNaN()]
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-
-    for epoch in range(len(history), train.epochs):
-        order = epoch_order(config.seed, epoch, n)[:used]
-        step_log.start(int(model.optimizer.iterations))
-        tic = time.perf_counter()
-        fit = model.fit(
-            data.x_train[order], data.y_train[order],
-            batch_size=train.batch_size, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-            validation_data=(data.x_val, data.y_val), validation_batch_size=eval_batch, callbacks=callbacks,
-            verbose=0,
-        )
-        logs = {key: float(values[-1]) for key, values in fit.history.items()}
-        record = {
-            "epoch": epoch + 1,
-            "step": int(model.optimizer.iterations),
-            **{key: logs.get(key) for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
-            "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-            "epoch_seconds": round(time.perf_counter() - tic, 4),
-            "step_losses": step_log.samples,
-        }
-        history.append(record)
-        write_history(run_dir / HISTORY, history)
-        on_epoch(record)
-        if not math.isfinite(record["loss"]):
-            result.update(status="diverged", diverged_epoch=epoch + 1)
-            return
-        if stopper and stopper.should_stop(record, model):
-            break
-        checkpoint.save(model, len(history), stopper)
-
-    if stopper:
-        stopper.restore(model)
-    test = model.evaluate(data.x_test, data.y_test, batch_size=eval_batch, verbose=0,
-                          return_dict=True)
+    # shuffle=False: Keras would otherwise serve the batches of an epoch in a random order of its own.
+    model.fit(batches, epochs=train.epochs, initial_epoch=len(history), shuffle=False,
+              validation_data=(data.x_val, data.y_val), validation_batch_size=eval_batch, callbacks=callbacks,
+              verbose=0)
+    if divergence.epoch:
+        result.update(status="diverged", diverged_epoch=divergence.epoch)
+        return
+    test = model.evaluate(data.x_test, data.y_test, batch_size=eval_batch, verbose=0, return_dict=True)
     result.update(status="completed", test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
                   test_error=1.0 - float(test["accuracy"]))
 
@@ -153,6 +136,34 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of training examples in an epoch: a function of (seed, epoch) only, so every arm of
     a pair sees the same batches, and a resumed run the same ones it would have seen."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """The training batches of every epoch in that epoch's order (epoch_order), for one `fit` over all epochs.
+
+    Keras asks a PyDataset for batches by index alone, so `callback` tells it the epoch: Keras calls
+    on_epoch_begin before it makes that epoch's iterator, so no batch is read in another epoch's
+    order. `steps_per_epoch` caps the batches of an epoch, which then draws on the first rows of its order.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, seed: int, batch_size: int, steps_per_epoch: int | None = None):
+        super().__init__()
+        self.x, self.y, self.seed, self.batch_size = x, y, seed, batch_size
+        self.batches = math.ceil(len(x) / batch_size)
+        if steps_per_epoch:
+            self.batches = min(self.batches, steps_per_epoch)
+        self.callback = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: self.serve(epoch))
+        self.serve(0)
+
+    def serve(self, epoch: int) -> None:
+        self.epoch, self.order = epoch, epoch_order(self.seed, epoch, len(self.x))
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
@@ -197,6 +208,9 @@ class StepLossLog(keras.callbacks.Callback):
         self.last_total = 0.0  # sum of the batch losses of this epoch up to last_step
         self.next_step = (step // self.every + 1) * self.every
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start(int(self.model.optimizer.iterations))
+
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
         if step >= self.next_step and logs and "loss" in logs:
@@ -206,67 +220,95 @@ class StepLossLog(keras.callbacks.Callback):
             self.next_step = (step // self.every + 1) * self.every
 
 
-@dataclass
-class EarlyStopper:
-    """Early stopping across our per-epoch fit calls (Keras' callback resets at every fit)."""
+class HistoryLog(keras.callbacks.Callback):
+    """Appends each epoch's record to `history` and rewrites history.jsonl with it."""
 
-    train: TrainConfig
-    best: float = math.nan
-    best_weights: list | None = None
-    wait: int = 0
-    _sign: float = field(init=False)
+    def __init__(self, path: Path, history: list[dict], step_log: StepLossLog):
+        super().__init__()
+        self.path, self.history, self.step_log = path, history, step_log
 
-    def __post_init__(self):
-        # Lower is better for losses, higher for accuracies.
-        self._sign = 1.0 if "loss" in self.train.early_stopping.monitor else -1.0
+    def on_epoch_begin(self, epoch, logs=None):
+        self.tic = time.perf_counter()
 
-    def should_stop(self, record: dict, model: keras.Model) -> bool:
-        rule = self.train.early_stopping
-        value = record.get(rule.monitor)
-        if value is None:
-            raise ValueError(f"early_stopping.monitor {rule.monitor!r} is not in the history")
-        if math.isnan(self.best) or self._sign * (value - self.best) < -rule.min_delta:
-            self.best, self.wait = value, 0
-            if rule.restore_best_weights:
-                self.best_weights = model.get_weights()
-            return False
-        self.wait += 1
-        return self.wait >= rule.patience  # as Keras: stop after `patience` epochs without a new best
-
-    def restore(self, model: keras.Model) -> None:
-        if self.best_weights is not None:
-            model.set_weights(self.best_weights)
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({
+            "epoch": epoch + 1,
+            "step": int(self.model.optimizer.iterations),
+            **{key: None if logs.get(key) is None else float(logs[key])
+               for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            "epoch_seconds": round(time.perf_counter() - self.tic, 4),
+            "step_losses": self.step_log.samples,
+        })
+        write_history(self.path, self.history)
 
 
-class Checkpoint:
+class Divergence(keras.callbacks.TerminateOnNaN):
+    """Keras' TerminateOnNaN (stop at the first NaN/inf batch loss), plus the epoch whose loss was not
+    finite, which ends the run as `diverged`."""
+
+    epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(logs["loss"]):
+            self.epoch = epoch + 1
+            self.model.stop_training = True
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping with its state carried across a resume: Keras resets it at the start of
+    every `fit`, and a resumed run's `fit` continues the interrupted one (Checkpoint saves the state)."""
+
+    def __init__(self, rule: EarlyStoppingConfig):
+        super().__init__(monitor=rule.monitor, min_delta=rule.min_delta, patience=rule.patience,
+                         mode="min" if "loss" in rule.monitor else "max",  # as the monitor's name says
+                         restore_best_weights=rule.restore_best_weights)
+        self.resumed: tuple | None = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed:
+            self.best, self.wait, self.best_weights = self.resumed
+
+
+class Checkpoint(keras.callbacks.Callback):
     """The model with its optimizer state, plus the loop's own state, after the last finished epoch.
 
     One file (a Keras archive with bnexp's state added) replaced atomically, so the model, the
     epoch and the early-stopping state can never disagree. Saved after history.jsonl: a run killed
     in between has one epoch too many in its history, which restore() drops and trains again.
+    Must come after the callbacks that stop the run, whose last epoch needs no checkpoint.
     """
 
     STATE, BEST = "bnexp_state.json", "bnexp_best_weights.npz"  # entries bnexp adds to the archive
 
-    def __init__(self, run_dir: Path):
-        self.path, self.history_path = run_dir / CHECKPOINT, run_dir / HISTORY
+    def __init__(self, run_dir: Path, stopping: ResumableEarlyStopping | None = None):
+        super().__init__()
+        self.path, self.history_path, self.stopping = run_dir / CHECKPOINT, run_dir / HISTORY, stopping
 
-    def save(self, model: keras.Model, epoch: int, stopper: EarlyStopper | None) -> None:
+    def on_epoch_end(self, epoch, logs=None):
+        # After the last epoch, or one that stops the run, the test evaluation and result.json come
+        # next and the checkpoint is deleted: saving it would be wasted time.
+        if not self.model.stop_training and epoch + 1 < self.params["epochs"]:
+            self.save(self.model, epoch + 1)
+
+    def save(self, model: keras.Model, epoch: int) -> None:
+        stopping = self.stopping
         with tempfile.TemporaryDirectory(prefix="bnexp-") as scratch:
             path = Path(scratch) / CHECKPOINT
             model.save(path)
             with zipfile.ZipFile(path, "a") as archive:
                 archive.writestr(self.STATE, json.dumps(
-                    {"epoch": epoch, "best": stopper.best, "wait": stopper.wait} if stopper else {"epoch": epoch}))
-                if stopper and stopper.best_weights is not None:
+                    {"epoch": epoch, "best": stopping.best, "wait": stopping.wait} if stopping else {"epoch": epoch}))
+                if stopping and stopping.best_weights is not None:
                     weights = io.BytesIO()
-                    np.savez(weights, *stopper.best_weights)
+                    np.savez(weights, *stopping.best_weights)
                     archive.writestr(self.BEST, weights.getvalue())
             write_atomic(self.path, path.read_bytes())
 
-    def restore(self, history: list[dict], stopper: EarlyStopper | None) -> keras.Model | None:
+    def restore(self, history: list[dict]) -> keras.Model | None:
         """The compiled model saved after the last finished epoch, with `history` filled up to that
-        epoch and `stopper` restored; None when there is nothing to resume from."""
+        epoch and the early stopping's state restored; None when there is nothing to resume from."""
         if not self.path.exists():
             return None
         try:
@@ -284,8 +326,8 @@ class Checkpoint:
         if len(previous) < state["epoch"]:
             return None
         history[:] = previous
-        if stopper:
-            stopper.best, stopper.wait, stopper.best_weights = state["best"], state["wait"], best
+        if self.stopping:
+            self.stopping.resumed = (state["best"], state["wait"], best)
         return model
 
 

@@ -4,24 +4,33 @@ import keras
 import numpy as np
 import pytest
 
-from bnexp.config import EarlyStoppingConfig, TrainConfig, load_config
+from bnexp.config import EarlyStoppingConfig, load_config
 from bnexp.sweep import expand_runs
-from bnexp.train import EarlyStopper, StepLossLog, epoch_order, train_run
+from bnexp.train import EpochBatches, ResumableEarlyStopping, StepLossLog, epoch_order, train_run
 
 
 def test_both_arms_see_the_same_batches_in_the_same_order(write_config, tmp_path, monkeypatch):
-    seen = {}
-    real_fit = keras.Model.fit
+    served = {}  # model name -> epoch -> batch index -> labels, as the one fit call reads them
+    real_fit, real_getitem = keras.Model.fit, EpochBatches.__getitem__
 
-    def recording_fit(self, x, y, **kwargs):
-        seen.setdefault(self.name, []).append(np.array(y))
-        return real_fit(self, x, y, **kwargs)
+    def recording_fit(self, x, **kwargs):
+        x.record = served.setdefault(self.name, {})
+        return real_fit(self, x, **kwargs)
+
+    def recording_getitem(self, index):
+        batch = real_getitem(self, index)
+        if hasattr(self, "record"):
+            self.record.setdefault(self.epoch, {})[index] = batch[1]
+        return batch
 
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    monkeypatch.setattr(EpochBatches, "__getitem__", recording_getitem)
     path = write_config({"train.epochs": 2})
     no_bn, bn = expand_runs(load_config(path), str(path))
     for spec in (no_bn, bn):
         train_run(spec, tmp_path / spec.run_id, None)
+    seen = {name: [np.concatenate([batches[i] for i in sorted(batches)]) for _, batches in sorted(epochs.items())]
+            for name, epochs in served.items()}
     assert len(seen["no_bn"]) == len(seen["bn"]) == 2
     for a, b in zip(seen["no_bn"], seen["bn"]):
         np.testing.assert_array_equal(a, b)
@@ -57,6 +66,7 @@ def test_steps_per_epoch_caps_the_epoch(write_config, tmp_path):
 class FakeModel:
     def __init__(self):
         self.weights = 0
+        self.stop_training = False
 
     def get_weights(self):
         return self.weights
@@ -73,14 +83,16 @@ class FakeModel:
     ],
 )
 def test_early_stopping_waits_patience_epochs_and_restores_the_best(monitor, values, stops_after, best):
-    train = TrainConfig(early_stopping=EarlyStoppingConfig(monitor=monitor, patience=2))
-    stopper, model = EarlyStopper(train), FakeModel()
+    stopper, model = ResumableEarlyStopping(EarlyStoppingConfig(monitor=monitor, patience=2)), FakeModel()
+    stopper.set_model(model)
+    stopper.on_train_begin()
     for epoch, value in enumerate(values, start=1):
         model.weights = value
-        if stopper.should_stop({monitor: value}, model):
+        stopper.on_epoch_end(epoch - 1, {monitor: value})
+        if model.stop_training:
             break
     assert epoch == stops_after
-    stopper.restore(model)
+    stopper.on_train_end()
     assert model.weights == best
 
 
