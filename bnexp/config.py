@@ -23,9 +23,6 @@ from pydantic import (
 from bnexp.errors import ConfigError
 from bnexp.presets import PRESETS
 
-# Top-level keys that describe the experiment rather than one run.
-EXPERIMENT_KEYS = ("name", "description", "seeds", "arms", "reference", "sweep")
-
 DEFAULT_ARMS = {
     "no_bn": {"model.batch_norm.enabled": False},
     "bn": {"model.batch_norm.enabled": True},
@@ -40,7 +37,9 @@ MAX_SEED = 2**32 - 1
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # frozen: a config is validated once and then carried as it is; its lists are tuples, so that no
+    # part of it can change either, and a section can key a cache (bnexp.data).
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -60,7 +59,7 @@ def _number_kind(annotation: Any) -> str | None:
     if annotation is float:
         return "a number"
     origin, args = get_origin(annotation), get_args(annotation)
-    if origin is list and args:
+    if origin in (list, tuple) and args:
         kind = _number_kind(args[0])
         return kind and f"a list of {'integers' if kind == 'an integer' else 'numbers'}"
     if origin in (Union, types.UnionType, Annotated):
@@ -72,8 +71,8 @@ class DataConfig(Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "csv", "npz"]
     path: str | None = None  # the file for csv / npz
     label_column: str | None = None  # csv only
-    feature_columns: list[str] | None = None  # csv: None = every column but the label and ignored ones
-    ignore_columns: list[str] = []
+    feature_columns: tuple[str, ...] | None = None  # csv: None = every column but the label and ignored ones
+    ignore_columns: tuple[str, ...] = ()
     test_split: float = Field(0.2, gt=0, lt=1)  # csv only: a CSV has no separate test file
     validation_split: float = Field(0.2, gt=0, lt=1)  # last fraction of the training pool, as in Keras
     train_subset: PositiveInt | None = None  # first N training rows: smoke runs and reduced scales
@@ -129,8 +128,8 @@ class DropoutConfig(Strict):
 
 class ModelConfig(Strict):
     preset: str | None = None  # name from bnexp.presets, already merged under these keys
-    conv: list[ConvBlock] = []  # empty: an MLP
-    dense: list[PositiveInt] = []  # hidden units; the softmax output layer is always added
+    conv: tuple[ConvBlock, ...] = ()  # empty: an MLP
+    dense: tuple[PositiveInt, ...] = ()  # hidden units; the softmax output layer is always added
     activation: Literal[
         "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "leaky_relu", "softplus", "linear",
     ] = "relu"
@@ -194,13 +193,14 @@ class ExperimentConfig(Strict):
     description: str = ""
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     arms: dict[str, dict[str, Any]] = DEFAULT_ARMS
-    reference: str | None = None  # the arm others are compared with; None = the first arm
+    reference: str | None = None  # the arm others are compared with; None = the first arm (reference_arm)
     sweep: dict[str, list[Any]] = {}
     data: dict[str, Any]
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
-    # --set overrides of data/model/train keys: {key: (value, "--set ...")}. They are applied per
-    # run, after the preset is expanded, so they can reach into a preset's lists.
+    # --set overrides of data/model/train keys: {key: (value, "--set ...")}, given to validation as
+    # its context (load_config). They are applied per run, after the preset is expanded, so they can
+    # reach into a preset's lists.
     _overrides: dict[str, tuple[Any, str]] = PrivateAttr(default_factory=dict)
 
     @field_validator("seeds")
@@ -235,12 +235,17 @@ class ExperimentConfig(Strict):
         return sweep
 
     @model_validator(mode="after")
-    def _reference_is_an_arm(self):
-        if self.reference is None:
-            self.reference = next(iter(self.arms))
-        elif self.reference not in self.arms:
+    def _reference_is_an_arm(self, info: ValidationInfo):
+        if self.reference is not None and self.reference not in self.arms:
             raise ValueError(f"reference: {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
+        # A private attribute, set while validating: the frozen model is not changed afterwards.
+        self._overrides = (info.context or {}).get("overrides", {})
         return self
+
+    @property
+    def reference_arm(self) -> str:
+        """The arm the others are compared with: `reference`, else the first arm."""
+        return self.reference if self.reference is not None else next(iter(self.arms))
 
     def run_config(self, overrides: dict[str, tuple[Any, str]], seed: int, source: str) -> RunConfig:
         """The RunConfig with dotted `overrides` ({key: (value, where it came from)}) applied
@@ -293,8 +298,7 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
             raw["sweep"][key] = values
             key_sources[f"sweep.{key}"] = f"--sweep {item}"
     raw.setdefault("name", path.stem)
-    experiment = validate(ExperimentConfig, raw, str(path), key_sources)
-    experiment._overrides = run_overrides
+    experiment = validate(ExperimentConfig, raw, str(path), key_sources, context={"overrides": run_overrides})
     sweep_sources = {key: key_sources.get(f"sweep.{key}") or key_sources.get("sweep", f"{path}: sweep.{key}")
                      for key in experiment.sweep}
     _check_arm_keys(experiment, path)
@@ -470,10 +474,11 @@ def deep_merge(base: dict, top: dict) -> dict:
     return merged
 
 
-def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: dict[str, str] = {}):
+def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: dict[str, str] = {},
+             context: dict | None = None):
     """Validate `raw`; an error names the --set, sweep point or arm that set the bad key, else `source`."""
     try:
-        return model_cls.model_validate(raw)
+        return model_cls.model_validate(raw, context=context)
     except ValidationError as exc:
         keypath, message = describe_error(model_cls, exc)
         origin = next(
@@ -528,6 +533,7 @@ def describe_error(model_cls: type[BaseModel], exc: ValidationError) -> tuple[st
         "string_type": lambda: "a string",
         "string_pattern_mismatch": lambda: "letters, digits, '_', '-' and '.'",
         "list_type": lambda: "a list",
+        "tuple_type": lambda: "a list",  # the config's lists are tuples (Strict), YAML's are lists
         "too_short": lambda: f"a list of at least {ctx.get('min_length', 1)} item(s)",
         "dict_type": lambda: "a mapping",
         "model_type": lambda: "a mapping",

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
+from bnexp.config import DataConfig
 from bnexp.errors import DataError
 
 
@@ -47,28 +48,31 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def load_dataset(data, data_dir: Path | None) -> Dataset:
-    """Load the dataset a `data` config describes, cached per process.
+def load_dataset(data: DataConfig, data_dir: Path | None) -> Dataset:
+    """Load the dataset a `data` config section describes, cached per process.
 
-    `data` has the fields of the config's `data` section (dataset, path, label_column,
-    feature_columns, ignore_columns, test_split, validation_split, train_subset,
-    test_subset, scaling, split_seed). `data_dir` holds the MNIST, Fashion-MNIST and
-    CIFAR-10 files; when it is None those are downloaded through keras.datasets.
+    `data_dir` holds the MNIST, Fashion-MNIST and CIFAR-10 files; when it is None those are
+    downloaded through keras.datasets.
     Relative csv/npz paths are tried from the current directory, then from `data_dir`.
     Raises DataError, with a one-line message, for missing, corrupt or unusable data: non-finite
     inputs, labels that are not class indices 0..K-1, one class, an empty part, test labels the
     training part never shows.
     """
-    return _load(_request(data, data_dir))
+    data_dir = Path(data_dir) if data_dir is not None else None
+    path = sha256 = None
+    if data.dataset not in _BUILTINS:
+        path = _resolve_path(data.path, data_dir)
+        sha256 = _file_sha256(path)
+    return _load(data, data_dir, path, sha256)
 
 
-def fingerprint(data, data_dir: Path | None) -> str | None:
+def fingerprint(data: DataConfig, data_dir: Path | None) -> str | None:
     """The SHA-256 of the csv/npz file a `data` config reads (DataError when it is missing), None for
     the built-in datasets: their name already says what they hold, as Keras checks the official files'
     hashes when it downloads them, and an id must not change between a downloaded copy and a local one."""
     if data.dataset in _BUILTINS:
         return None
-    return _file_sha256(_resolve_path(data.path, data.dataset, data_dir))
+    return _file_sha256(_resolve_path(data.path, data_dir))
 
 
 def _file_sha256(path: Path) -> str:
@@ -90,7 +94,7 @@ def _content_sha256(path: Path, size: int, mtime_ns: int, inode: int) -> str:
     return digest.hexdigest()
 
 
-def dataset_info(data, data_dir: Path | None) -> tuple[tuple[int, ...], int]:
+def dataset_info(data: DataConfig, data_dir: Path | None) -> tuple[tuple[int, ...], int]:
     """Return (input_shape, num_classes); constants for the built-in datasets, so no file is read."""
     if data.dataset in _BUILTINS:
         builtin = _BUILTINS[data.dataset]
@@ -103,24 +107,6 @@ def builtin_num_classes(dataset: str) -> int | None:
     """The number of classes of a built-in dataset (mnist, fashion_mnist, cifar10), else None."""
     builtin = _BUILTINS.get(dataset)
     return builtin.num_classes if builtin else None
-
-
-class _Request(NamedTuple):
-    """The hashable cache key: the data config's values, with the csv/npz path resolved."""
-
-    dataset: str
-    path: Path | None
-    data_dir: Path | None
-    label_column: str | None
-    feature_columns: tuple[str, ...] | None
-    ignore_columns: tuple[str, ...]
-    test_split: float
-    validation_split: float
-    train_subset: int | None
-    test_subset: int | None
-    scaling: str | None
-    split_seed: int
-    sha256: str | None  # the file's content, so an edited file is read again
 
 
 class _Arrays(NamedTuple):
@@ -139,32 +125,7 @@ class _Builtin(NamedTuple):
     files_hint: str
 
 
-def _request(data, data_dir: Path | None) -> _Request:
-    data_dir = Path(data_dir) if data_dir is not None else None
-    path = sha256 = None
-    if data.dataset not in _BUILTINS:
-        path = _resolve_path(data.path, data.dataset, data_dir)
-        sha256 = _file_sha256(path)
-    return _Request(
-        dataset=data.dataset,
-        path=path,
-        data_dir=data_dir,
-        label_column=data.label_column,
-        feature_columns=tuple(data.feature_columns) if data.feature_columns is not None else None,
-        ignore_columns=tuple(data.ignore_columns),
-        test_split=data.test_split,
-        validation_split=data.validation_split,
-        train_subset=data.train_subset,
-        test_subset=data.test_subset,
-        scaling=data.scaling,
-        split_seed=data.split_seed,
-        sha256=sha256,
-    )
-
-
-def _resolve_path(path: str | None, dataset: str, data_dir: Path | None) -> Path:
-    if path is None:
-        raise DataError(f"data.path: required when data.dataset is {dataset!r}")
+def _resolve_path(path: str, data_dir: Path | None) -> Path:
     given = Path(path).expanduser()
     candidates = [given]
     if data_dir is not None and not given.is_absolute():
@@ -176,43 +137,44 @@ def _resolve_path(path: str | None, dataset: str, data_dir: Path | None) -> Path
 
 
 # One worker trains many runs on the same data; a small bound keeps a sweep over data
-# settings from holding many float32 copies of a large image set.
+# settings from holding many float32 copies of a large image set. The key holds the csv/npz file's
+# resolved `path` and content (`sha256`), so an edited file is read again.
 @functools.lru_cache(maxsize=4)
-def _load(request: _Request) -> Dataset:
-    if request.dataset in _BUILTINS:
-        name = request.dataset
-        arrays = _read_builtin(name, request.data_dir)
+def _load(data: DataConfig, data_dir: Path | None, path: Path | None, sha256: str | None) -> Dataset:
+    if data.dataset in _BUILTINS:
+        name = data.dataset
+        arrays = _read_builtin(name, data_dir)
         classes = list(range(_BUILTINS[name].num_classes))
-    elif request.dataset == "npz":
-        name = str(request.path)
-        arrays = _normalise(_read_npz(request.path), name)
+    elif data.dataset == "npz":
+        name = str(path)
+        arrays = _normalise(_read_npz(path), name)
         classes = list(range(_class_count(arrays, name)))
     else:
-        name = str(request.path)
-        arrays, classes = _read_csv(request)
+        name = str(path)
+        arrays, classes = _read_csv(data, path)
 
-    x_pool = _first(arrays.x_train, request.train_subset, "data.train_subset", "training", name)
+    x_pool = _first(arrays.x_train, data.train_subset, "data.train_subset", "training", name)
     y_pool = arrays.y_train[: len(x_pool)]
-    x_test = _first(arrays.x_test, request.test_subset, "data.test_subset", "test", name)
+    x_test = _first(arrays.x_test, data.test_subset, "data.test_subset", "test", name)
     y_test = arrays.y_test[: len(x_test)]
 
     # Keras' own rule for fit(validation_split=...): the last rows become validation.
-    split_at = int(math.floor(len(x_pool) * (1.0 - request.validation_split)))
+    split_at = int(math.floor(len(x_pool) * (1.0 - data.validation_split)))
     if split_at < 1:
         raise DataError(
-            f"data.validation_split: {request.validation_split} of {len(x_pool)} training rows "
+            f"data.validation_split: {data.validation_split} of {len(x_pool)} training rows "
             f"in {name} leaves no rows to train on"
         )
     if split_at == len(x_pool):  # a split so small that 1 - split rounds to 1
         raise DataError(
-            f"data.validation_split: {request.validation_split} of {len(x_pool)} training rows "
+            f"data.validation_split: {data.validation_split} of {len(x_pool)} training rows "
             f"in {name} leaves no rows to validate on"
         )
     x_train, x_val = x_pool[:split_at], x_pool[split_at:]
     y_train, y_val = y_pool[:split_at], y_pool[split_at:]
     warnings = _check_labels(name, classes, y_train, y_val, y_test)
 
-    scaling = request.scaling or _automatic_scaling(request.dataset, x_train)
+    scaling = data.scaling or _automatic_scaling(data.dataset, x_train)
     x_train, x_val, x_test = _scale((x_train, x_val, x_test), scaling)
     return Dataset(
         name=name,
@@ -538,11 +500,9 @@ def _parse_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
-def _read_csv(request: _Request) -> tuple[_Arrays, list]:
+def _read_csv(data: DataConfig, path: Path) -> tuple[_Arrays, list]:
     """Read a table, map its labels to 0..K-1 and carve out a stratified test set."""
-    path, label = request.path, request.label_column
-    if label is None:
-        raise DataError(f"data.label_column: required when data.dataset is 'csv' ({path})")
+    label = data.label_column
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -553,13 +513,13 @@ def _read_csv(request: _Request) -> tuple[_Arrays, list]:
 
     if label not in columns:
         raise DataError(f"{path}: data.label_column: no column {label!r}{_suggest(label, columns)}")
-    unknown = [c for c in request.ignore_columns if c not in columns]
+    unknown = [c for c in data.ignore_columns if c not in columns]
     if unknown:
         raise DataError(f"{path}: data.ignore_columns: no column {unknown[0]!r}{_suggest(unknown[0], columns)}")
-    if request.feature_columns is None:
-        features = [c for c in columns if c != label and c not in request.ignore_columns]
+    if data.feature_columns is None:
+        features = [c for c in columns if c != label and c not in data.ignore_columns]
     else:
-        features = list(request.feature_columns)
+        features = list(data.feature_columns)
         unknown = [c for c in features if c not in columns]
         if unknown:
             raise DataError(
@@ -595,13 +555,13 @@ def _read_csv(request: _Request) -> tuple[_Arrays, list]:
             f"{path}: {int(infinite.sum())} infinite value(s) (or beyond float32's range), the first at line {row + 2} "
             f"(column {features[column]}); bnexp needs finite inputs: fix or drop those rows"
         )
-    train, test = _stratified_split(y, request.test_split, np.random.default_rng(request.split_seed))
+    train, test = _stratified_split(y, data.test_split, np.random.default_rng(data.split_seed))
     if len(train) == 0:
-        raise DataError(f"{path}: data.test_split: {request.test_split} of {len(y)} rows leaves no training rows; "
+        raise DataError(f"{path}: data.test_split: {data.test_split} of {len(y)} rows leaves no training rows; "
                         f"lower data.test_split or add rows")
     if len(test) == 0:
         raise DataError(
-            f"{path}: data.test_split: {request.test_split} of {len(y)} rows leaves no test rows (each class gives "
+            f"{path}: data.test_split: {data.test_split} of {len(y)} rows leaves no test rows (each class gives "
             f"round(test_split x its rows)); raise data.test_split or add rows"
         )
     y = y.astype(np.int32)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ _OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "nadam": 2, "adagrad": 1, "rmsprop": 
 
 @dataclass
 class RunsCheck:
-    params: dict[str, tuple[int, int]] = field(default_factory=dict)  # (trainable, non-trainable) per _model_key
+    params: dict[tuple, tuple[int, int]] = field(default_factory=dict)  # (trainable, non-trainable) per _model_key
     warnings: list[str] = field(default_factory=list)  # parts of the data too small to mean much
     missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
 
@@ -74,16 +73,15 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
                 raise DataError(spec.data_error)
             checked.missing = spec.data_error
             continue
-        config = RunConfig.model_validate(spec.config)
-        data_key = json.dumps(spec.config["data"], sort_keys=True)
-        if data_key not in datasets:
+        config = spec.config
+        if config.data not in datasets:
             if strict or config.data.dataset in ("csv", "npz"):
                 dataset = load_dataset(config.data, data_dir)
-                datasets[data_key] = (dataset.name, dataset.input_shape, dataset.num_classes, len(dataset.x_train))
+                datasets[config.data] = (dataset.name, dataset.input_shape, dataset.num_classes, len(dataset.x_train))
                 checked.warnings += dataset.warnings
             else:
-                datasets[data_key] = (config.data.dataset, *dataset_info(config.data, data_dir), None)
-        name, input_shape, num_classes, train_samples = datasets[data_key]
+                datasets[config.data] = (config.data.dataset, *dataset_info(config.data, data_dir), None)
+        name, input_shape, num_classes, train_samples = datasets[config.data]
         if train_samples is not None:
             _check_batches(config.train, name, train_samples)
         model_key = _model_key(spec)
@@ -141,5 +139,5 @@ def physical_memory() -> int | None:
         return None
 
 
-def _model_key(spec: RunSpec) -> str:
-    return json.dumps([spec.config["model"], spec.config["data"]], sort_keys=True)
+def _model_key(spec: RunSpec) -> tuple:
+    return spec.config.model, spec.config.data

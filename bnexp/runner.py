@@ -154,7 +154,7 @@ def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_
         "config_file": str(Path(config_file).resolve()),  # absolute: check_same_experiment compares it from any folder
         "sweep_keys": list(experiment.sweep),
         "arms": list(experiment.arms),
-        "reference_arm": experiment.reference,
+        "reference_arm": experiment.reference_arm,
         "seeds": experiment.seeds,
         "run_ids": [spec.run_id for spec in runs],
     })

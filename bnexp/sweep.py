@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import RESULTS_FORMAT, __version__
-from bnexp.config import DataConfig, ExperimentConfig
+from bnexp.config import DataConfig, ExperimentConfig, RunConfig
 from bnexp.errors import DataError
 
 # Ends a run id whose data file could not be read: `bnexp plan` lists such runs, `bnexp run` refuses them.
@@ -32,7 +32,7 @@ class RunSpec:
     arms: tuple[str, ...]
     seed: int
     point: dict[str, Any]  # swept key -> value
-    config: dict[str, Any]  # RunConfig as JSON: data, model, train, seed
+    config: RunConfig
     run_id: str
     data_sha256: str | None = None  # content of the csv/npz file the run reads; None for a built-in dataset
     data_error: str | None = None  # why the file, and so the run id, is unknown (the id ends in UNKNOWN_DATA)
@@ -49,7 +49,7 @@ class RunSpec:
             "arms": list(self.arms),
             "seed": self.seed,
             "point": self.point,
-            "config": self.config,
+            "config": self.config.model_dump(mode="json"),
             "data_sha256": self.data_sha256,
         }
 
@@ -64,7 +64,7 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
 
     keys = list(experiment.sweep)
     runs = []
-    fingerprints: dict[str, tuple[str | None, str | None]] = {}  # data section -> (sha256, error)
+    fingerprints: dict[DataConfig, tuple[str | None, str | None]] = {}  # data section -> (sha256, error)
     for values in itertools.product(*(experiment.sweep[k] for k in keys)):
         point = dict(zip(keys, values))
         where = ", ".join(f"{k}={v}" for k, v in point.items())
@@ -72,25 +72,25 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
             for arm, changes in experiment.arms.items():
                 overrides = {k: (v, f"{source}: sweep point {where}") for k, v in point.items()}
                 overrides |= {k: (v, f"{source}: arms.{arm}") for k, v in changes.items()}
-                config = experiment.run_config(overrides, seed, source).model_dump(mode="json")
-                data = json.dumps(config["data"], sort_keys=True)
-                if data not in fingerprints:
+                config = experiment.run_config(overrides, seed, source)
+                if config.data not in fingerprints:
                     try:
-                        fingerprints[data] = fingerprint(DataConfig.model_validate(config["data"]), data_dir), None
+                        fingerprints[config.data] = fingerprint(config.data, data_dir), None
                     except DataError as exc:
-                        fingerprints[data] = None, str(exc)
-                sha256, error = fingerprints[data]
+                        fingerprints[config.data] = None, str(exc)
+                sha256, error = fingerprints[config.data]
                 identity = run_id(arm, config, sha256) + (UNKNOWN_DATA if error else "")
-                runs.append(RunSpec(experiment.name, arm, experiment.reference, tuple(experiment.arms), seed, point,
-                                    config, identity, sha256, error))
+                runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
+                                    point, config, identity, sha256, error))
     return runs
 
 
-def run_id(arm: str, config: dict[str, Any], data_sha256: str | None = None) -> str:
-    """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config, and the
-    content of its data file when it reads one), so a changed value or file gives a new id (and a new
-    run) while an unchanged run keeps its id and is skipped."""
-    identity = config if data_sha256 is None else {"config": config, "data_sha256": data_sha256}
+def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
+    """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config as JSON, and
+    the content of its data file when it reads one), so a changed value or file gives a new id (and a
+    new run) while an unchanged run keeps its id and is skipped."""
+    as_json = config.model_dump(mode="json")
+    identity = as_json if data_sha256 is None else {"config": as_json, "data_sha256": data_sha256}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
-    return f"{arm}-s{config['seed']}-{digest}"
+    return f"{arm}-s{config.seed}-{digest}"

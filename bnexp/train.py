@@ -50,7 +50,7 @@ def train_run(
     """
     started, started_at = time.perf_counter(), _now()
     previous = read_json(run_dir / SPEC)
-    if not (isinstance(previous, dict) and previous.get("config") == spec.config):
+    if not (isinstance(previous, dict) and previous.get("config") == spec.config.model_dump(mode="json")):
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # not this run's: never resume from it
     write_json(run_dir / SPEC, spec.record())
     history: list[dict] = []
@@ -59,7 +59,7 @@ def train_run(
               "trainable_params": None, "non_trainable_params": None, "num_classes": None,
               "resumed_from_epoch": None}
     try:
-        _fit(RunConfig.model_validate(spec.config), run_dir, data_dir, history, result, tensorboard,
+        _fit(spec.config, run_dir, data_dir, history, result, tensorboard,
              lambda record: on_epoch(spec, record) if on_epoch else None)
     except ResultsError:
         raise

@@ -70,7 +70,7 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     path.write_text(BASE)
     config = load_config(path, ["train.epochs=2", "model.dense=[16, 8]", "model.batch_norm.renorm=true", "seeds=[4]"])
     run = config.run_config({}, 4, str(path))
-    assert (run.train.epochs, run.model.dense, run.model.batch_norm.renorm, config.seeds) == (2, [16, 8], True, [4])
+    assert (run.train.epochs, run.model.dense, run.model.batch_norm.renorm, config.seeds) == (2, (16, 8), True, [4])
 
 
 def test_preset_keys_merge_under_the_config(tmp_path):
@@ -78,7 +78,7 @@ def test_preset_keys_merge_under_the_config(tmp_path):
     path.write_text("data: {dataset: mnist}\nmodel: {preset: e2_mnist_cnn, dense: [32], batch_norm: {momentum: 0.9}}\n")
     model = load_config(path).run_config({}, 0, str(path)).model
     assert [b.filters for b in model.conv] == [32, 64]  # from the preset
-    assert model.dense == [32]  # the config wins
+    assert model.dense == (32,)  # the config wins
     assert model.batch_norm.after_pooling is True and model.batch_norm.momentum == 0.9  # merged, not replaced
 
 
@@ -121,5 +121,5 @@ def test_an_arm_may_switch_the_preset(tmp_path):
     path.write_text("data: {dataset: mnist}\nmodel: {preset: e2_mnist_cnn}\n"
                     "seeds: [0]\narms: {e2: {}, e4: {model.preset: e4_mnist_cnn}}\n")
     e2, e4 = expand_runs(load_config(path), str(path))
-    assert e2.config["model"]["dense"] == [256] and e4.config["model"]["dense"] == [64]
-    assert e4.config["model"]["batch_norm"]["use_bias"] is False
+    assert e2.config.model.dense == (256,) and e4.config.model.dense == (64,)
+    assert e4.config.model.batch_norm.use_bias is False

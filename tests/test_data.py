@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnexp.config import DataConfig
 from bnexp.data import dataset_info, load_dataset
 from bnexp.errors import DataError
 
@@ -24,7 +25,7 @@ def make_config(**fields):
         test_split=0.2, validation_split=0.25, train_subset=None, test_subset=None,
         scaling=None, split_seed=0,
     )
-    return types.SimpleNamespace(**{**defaults, **fields})
+    return DataConfig(**{**defaults, **fields})
 
 
 def write_idx(path, array, magic):

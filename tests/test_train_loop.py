@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from bnexp.config import RunConfig, load_config
+from bnexp.config import load_config
 from bnexp.data import load_dataset
 from bnexp.models import build_model
 from bnexp.sweep import expand_runs
@@ -58,7 +58,7 @@ def test_one_fit_trains_as_one_fit_per_epoch_on_the_epochs_order(write_config, t
     result = train_run(spec, tmp_path / "run", None)
     assert result["status"] == "completed"
 
-    typed = RunConfig.model_validate(spec.config)
+    typed = spec.config
     keras.utils.set_random_seed(typed.seed)
     data = load_dataset(typed.data, None)
     model = build_model(typed.model, data.input_shape, data.num_classes, typed.seed)

@@ -67,7 +67,7 @@ def test_a_set_of_a_key_only_some_arms_set_still_works(write_config):
     config = write_config({"arms": {"plain": {}, "bn_fast": {"model.batch_norm.enabled": True,
                                                               "train.learning_rate": 0.1}}})
     runs = expand_runs(load_config(config, ["train.learning_rate=0.02"]), str(config))
-    assert {r.arm: r.config["train"]["learning_rate"] for r in runs} == {"plain": 0.02, "bn_fast": 0.1}
+    assert {r.arm: r.config.train.learning_rate for r in runs} == {"plain": 0.02, "bn_fast": 0.1}
 
 
 def test_sweep_option_replaces_one_axis_and_adds_another(cli, write_config):
@@ -117,8 +117,8 @@ def test_values_equal_once_read_are_repeated_values(cli, write_config, key, valu
 def test_a_number_written_as_a_string_still_works(write_config):
     config = write_config({"sweep": {"train.learning_rate": ["1e-3", 0.01]}, "train.momentum": "5e-1"})
     runs = expand_runs(load_config(config), str(config))
-    assert sorted({r.config["train"]["learning_rate"] for r in runs}) == [0.001, 0.01]
-    assert {r.config["train"]["momentum"] for r in runs} == {0.5}
+    assert sorted({r.config.train.learning_rate for r in runs}) == [0.001, 0.01]
+    assert {r.config.train.momentum for r in runs} == {0.5}
 
 
 def test_two_arms_with_the_same_config_are_refused(cli, write_config):
@@ -285,7 +285,7 @@ def test_top_level_help_shows_whole_command_summaries():
 def test_an_arm_inside_a_swept_section_keeps_the_sweep_point(write_config):
     config = write_config({"sweep": {"model.batch_norm": [{"momentum": 0.5}, {"momentum": 0.9}]}})
     runs = expand_runs(load_config(config), str(config))
-    assert [(r.arm, r.point, r.config["model"]["batch_norm"]["enabled"]) for r in runs] == [
+    assert [(r.arm, r.point, r.config.model.batch_norm.enabled) for r in runs] == [
         ("no_bn", {"model.batch_norm": {"momentum": 0.5}}, False), ("bn", {"model.batch_norm": {"momentum": 0.5}}, True),
         ("no_bn", {"model.batch_norm": {"momentum": 0.9}}, False), ("bn", {"model.batch_norm": {"momentum": 0.9}}, True),
     ]
