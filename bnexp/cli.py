@@ -90,12 +90,9 @@ def plan(config, overrides, sweeps, results_dir, data_dir):
     Example:
       bnexp plan configs/lr_sweep.yaml --set train.epochs=1
     """
-    from bnexp.planning import plan_table
-    from bnexp.runner import check_same_experiment
+    from bnexp.planning import plan_experiment
 
-    experiment, runs = _load(config, overrides, sweeps, data_dir)
-    check_same_experiment(experiment, runs, results_dir, config)
-    click.echo(plan_table(experiment, runs, results_dir, data_dir))
+    click.echo(plan_experiment(config, overrides, sweeps, results_dir=results_dir, data_dir=data_dir))
 
 
 @main.command()
@@ -116,12 +113,11 @@ def plan(config, overrides, sweeps, results_dir, data_dir):
                    "or Ray tasks on a cluster (pip install 'bnexp[ray]') [default: processes; ray with --address].")
 @click.option("--address", metavar="ADDR", help="Ray cluster to run on, e.g. ray://head:10001 or auto "
               "[default: $RAY_ADDRESS, else a local Ray instance].")
-@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
-              help="Ray: CPUs each run asks for (its training threads).")
-@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="Ray: GPUs each run asks for; a fraction shares one GPU between runs, e.g. 0.25.")
-@click.pass_context
-def run(ctx, config, overrides, sweeps, results_dir, data_dir, quiet, tensorboard, deterministic, workers, executor,
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True),
+              help="Ray: CPUs each run asks for (its training threads) [default: 1].")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0),
+              help="Ray: GPUs each run asks for; a fraction shares one GPU between runs, e.g. 0.25 [default: 0].")
+def run(config, overrides, sweeps, results_dir, data_dir, quiet, tensorboard, deterministic, workers, executor,
         address, cpus_per_run, gpus_per_run):
     """Train every run of CONFIG that is not complete yet.
 
@@ -134,26 +130,11 @@ def run(ctx, config, overrides, sweeps, results_dir, data_dir, quiet, tensorboar
       bnexp run configs/smoke.yaml --set train.epochs=1 --quiet
       bnexp run configs/lr_sweep.yaml --executor ray --address auto --gpus-per-run 0.25
     """
-    from bnexp.executors import check_tensorboard, make_executor
-    from bnexp.runner import (RunContext, SweepProgress, check_data, check_same_experiment, pending_runs,
-                              removed_if_refused, run_sweep, write_experiment)
-    from bnexp.store import check_results_dir
+    from bnexp.runner import run_experiment
 
-    executor = executor or ("ray" if address else "processes")
-    _check_executor_options(ctx, executor, workers, address, cpus_per_run, gpus_per_run)
-    if tensorboard:
-        check_tensorboard()
-    deterministic_override = ["train.deterministic=true"] if deterministic else []
-    experiment, runs = _load(config, [*overrides, *deterministic_override], sweeps, data_dir)
-    check_same_experiment(experiment, runs, results_dir, config)
-    with removed_if_refused(results_dir / experiment.name):
-        check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
-        check_data(pending_runs(runs, results_dir), data_dir)
-    write_experiment(experiment, runs, results_dir, config)
-    context = RunContext(results_dir, data_dir, tensorboard=tensorboard)
-    progress = SweepProgress(quiet=quiet)
-    executor = make_executor(executor, workers, address, cpus_per_run, gpus_per_run)
-    summary = run_sweep(runs, context, executor, progress)
+    summary = run_experiment(config, overrides, sweeps, results_dir=results_dir, data_dir=data_dir,
+                             deterministic=deterministic, tensorboard=tensorboard, executor=executor, workers=workers,
+                             address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, quiet=quiet)
     click.echo(summary.line())
     if summary.interrupted:
         sys.exit(130)
@@ -213,35 +194,6 @@ def status(target, results_dir):
     from bnexp.status import sweep_status
 
     click.echo(sweep_status(results_dir, target))
-
-
-def _load(config: Path, overrides, sweeps, data_dir: Path | None):
-    from bnexp.config import load_config
-    from bnexp.runner import check_distinct_runs
-    from bnexp.sweep import expand_runs
-
-    experiment = load_config(config, list(overrides), list(sweeps))
-    runs = expand_runs(experiment, str(config), data_dir)
-    check_distinct_runs(runs, str(config))
-    return experiment, runs
-
-
-def _check_executor_options(ctx: click.Context, executor: str, workers, address, cpus_per_run, gpus_per_run) -> None:
-    """Refuse options the chosen executor would ignore, so each option given has its effect."""
-    if workers is not None and workers != 1 and executor == "sequential":
-        raise UserError(f"--executor sequential -j {workers}: sequential trains one run at a time in this process; "
-                        f"drop -j, or use --executor processes -j {workers}")
-    if workers is not None and executor == "ray":
-        raise UserError(f"-j {workers}: Ray runs as many runs at once as the cluster offers CPUs and GPUs for; "
-                        "drop -j and set --cpus-per-run / --gpus-per-run")
-    if address is not None and executor != "ray":
-        raise UserError(f"--executor {executor} --address {address}: only Ray connects to an address; "
-                        "drop --executor (--address alone means Ray) or drop --address")
-    for name, value in (("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run)):
-        if executor != "ray" and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
-            option = "--" + name.replace("_", "-")
-            raise UserError(f"{option} {value:g}: only Ray tasks ask for CPUs and GPUs, not --executor {executor}; "
-                            f"add --executor ray (or --address ADDR), or drop {option}")
 
 
 def _check_target(metric: str | None, value: float | None) -> None:

@@ -1,9 +1,9 @@
-"""Executors beyond the sequential one: worker processes on this machine, Ray tasks on a cluster.
+"""Executors: where the runs of a sweep train. One after another in this process, in worker
+processes on this machine, or as Ray tasks on a cluster.
 
-Both follow bnexp.runner.Executor: `(runs, context) -> iterator of (RunSpec, result record)`,
-yielding each run as it ends. A worker imports the Keras backend once and trains many runs;
-each run's data order and initial weights depend only on its seed, so a run trains the same
-whichever worker takes it.
+An executor is a function `(runs, context) -> iterator of (RunSpec, result record)` that yields each
+run as it ends. A worker imports the Keras backend once and trains many runs; each run's data order
+and initial weights depend only on its seed, so a run trains the same whichever worker takes it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bnexp.errors import BnexpError
-from bnexp.runner import Executor, RunContext, claim_run, run_sequential, train_one
-from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, write_atomic
+from bnexp.errors import BnexpError, ConfigError
+from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, RunLocked, is_complete, run_lock, write_atomic
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -35,6 +35,102 @@ FORWARDED_ENV = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_
 # Ray itself retries an unreachable cluster for 30 s to 80 s and then raises a traceback; a head
 # node that is up answers a TCP connection within milliseconds.
 RAY_CONNECT_TIMEOUT = 5.0
+
+
+@dataclass
+class RunContext:
+    """What every run of a sweep shares, whichever executor trains it."""
+
+    results_dir: Path
+    data_dir: Path | None
+    tensorboard: bool = False
+    on_epoch: Callable[[RunSpec, dict], None] | None = None
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.results_dir / spec.experiment / spec.run_id
+
+
+Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
+
+
+# Records for runs this process did not train; never written to disk.
+NOT_TRAINED = {
+    "running": "another bnexp process is training it",
+    "skipped": "another bnexp process completed it",
+}
+
+
+# `bnexp status` takes a run's lock for an instant to see whether it is held; waiting this long
+# keeps such a look from making a sweep skip the run.
+LOCK_WAIT = 1.0
+
+
+@contextlib.contextmanager
+def claim_run(run_dir: Path) -> Iterator[dict | None]:
+    """Hold the run's lock while the caller trains it; yields None when the run is this process's to
+    train, else the record saying why not (status `running` or `skipped`, see NOT_TRAINED).
+
+    Holding the lock while training is what lets several `bnexp run` share a results folder: a run
+    locked by another process, or completed by one since this sweep was planned, is not trained again.
+    """
+    try:
+        with run_lock(run_dir, wait=LOCK_WAIT):
+            yield {"status": "skipped"} if is_complete(run_dir) else None
+    except RunLocked:
+        yield {"status": "running"}
+
+
+def train_one(spec: RunSpec, context: RunContext) -> dict:
+    """Claim and train one run into its folder: what every executor calls for a run that trains
+    where its results are stored."""
+    from bnexp.train import train_run
+
+    run_dir = context.run_dir(spec)
+    with claim_run(run_dir) as not_trained:
+        if not_trained:
+            return not_trained
+        return train_run(spec, run_dir, context.data_dir,
+                         tensorboard=context.tensorboard, on_epoch=context.on_epoch)
+
+
+def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
+    """Train the runs one after another in this process."""
+    for spec in runs:
+        yield spec, train_one(spec, context)
+
+
+
+def check_executor_options(executor: str | None, workers: int | None, address: str | None,
+                           cpus_per_run: float | None, gpus_per_run: float | None) -> str:
+    """The executor the `run` options name (None: ray with an address, else processes); ConfigError
+    for an option the chosen executor would ignore, so each option given has its effect. None is an
+    option not given."""
+    executor = executor or ("ray" if address else "processes")
+    if workers is not None and workers != 1 and executor == "sequential":
+        raise ConfigError(f"--executor sequential -j {workers}: sequential trains one run at a time in this process; "
+                          f"drop -j, or use --executor processes -j {workers}")
+    if workers is not None and executor == "ray":
+        raise ConfigError(f"-j {workers}: Ray runs as many runs at once as the cluster offers CPUs and GPUs for; "
+                          "drop -j and set --cpus-per-run / --gpus-per-run")
+    if address is not None and executor != "ray":
+        raise ConfigError(f"--executor {executor} --address {address}: only Ray connects to an address; "
+                          "drop --executor (--address alone means Ray) or drop --address")
+    for option, value in (("--cpus-per-run", cpus_per_run), ("--gpus-per-run", gpus_per_run)):
+        if executor != "ray" and value is not None:
+            raise ConfigError(f"{option} {value:g}: only Ray tasks ask for CPUs and GPUs, not --executor {executor}; "
+                              f"add --executor ray (or --address ADDR), or drop {option}")
+    return executor
+
+
+def make_executor(name: str, workers: int | None = None, address: str | None = None,
+                  cpus_per_run: float | None = None, gpus_per_run: float | None = None) -> Executor:
+    """The executor `name` (processes, sequential or ray) with its options; Ray connects and checks its
+    cluster here."""
+    if name == "ray":
+        return run_ray(address, cpus_per_run, gpus_per_run)
+    if name == "sequential" or workers == 1:
+        return run_sequential
+    return run_processes(workers)
 
 
 def check_tensorboard() -> None:
@@ -174,25 +270,30 @@ def _forward_epochs(epochs, by_id: dict[str, RunSpec], on_epoch: Callable | None
         on_epoch(by_id[run_id], record)
 
 
-def run_ray(address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0) -> Executor:
-    """An executor training each run as a Ray task on the cluster at `address` (None: the
-    running instance, $RAY_ADDRESS, or a new local one).
+def run_ray(address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float | None = None
+            ) -> Executor:
+    """An executor training each run as a Ray task, asking for `cpus_per_run` (default 1: one training
+    thread) and `gpus_per_run` (default 0), on the cluster at `address` (None: the running instance,
+    $RAY_ADDRESS, or a new local one). It connects now, so an unreachable cluster or one without a node
+    that has what a run asks for is an error before anything is written.
 
     A task trains in a scratch folder on its node and returns the run's files; the driver holds
     the run's lock meanwhile and writes them into the results folder, so the nodes need the data
     but no shared file system. A run interrupted before its task returned starts over.
     """
+    cpus_per_run = 1 if cpus_per_run is None else cpus_per_run
+    gpus_per_run = 0 if gpus_per_run is None else gpus_per_run
     try:
         import ray
     except ImportError:
         raise BnexpError("--executor ray needs Ray: pip install 'bnexp[ray]'") from None
+    if not ray.is_initialized():
+        _connect_ray(ray, address)
+    _check_ray_resources(ray, cpus_per_run, gpus_per_run)
 
     def execute(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
         if not runs:
             return
-        if not ray.is_initialized():
-            _connect_ray(ray, address)
-        _check_ray_resources(ray, cpus_per_run, gpus_per_run)
         # A cluster's workers start with their node's environment, not the driver's.
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
         task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
@@ -271,13 +372,3 @@ def _train_remote(spec: RunSpec, context: RunContext, threads: int) -> dict[str,
         run_dir = scratch_context.run_dir(spec)
         return {name: (run_dir / name).read_text() for name in (SPEC, HISTORY, RESULT)
                 if (run_dir / name).exists()}
-
-
-def make_executor(name: str, workers: int | None = None, address: str | None = None,
-                  cpus_per_run: float = 1, gpus_per_run: float = 0) -> Executor:
-    """The executor the `run` command's options name."""
-    if name == "ray":
-        return run_ray(address, cpus_per_run, gpus_per_run)
-    if name == "sequential" or workers == 1:
-        return run_sequential
-    return run_processes(workers)

@@ -1,17 +1,20 @@
-"""What `bnexp plan` shows and `bnexp run` checks before training: that the data can serve each run
-(batch size, steps per epoch) and each model can take the data's shape and fits in memory."""
+"""What `bnexp plan` shows, and what it and `bnexp run` check before training: that the experiment's
+folder holds no other experiment, the data can serve each run (batch size, steps per epoch) and each
+model can take the data's shape and fits in memory."""
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from bnexp.config import RunConfig, TrainConfig
-from bnexp.errors import DataError
-from bnexp.store import run_status
-from bnexp.sweep import UNKNOWN_DATA, RunSpec
+from bnexp.config import ExperimentConfig, RunConfig, TrainConfig
+from bnexp.errors import ConfigError, DataError
+from bnexp.store import EXPERIMENT, read_json, run_status
+from bnexp.sweep import UNKNOWN_DATA, RunSpec, load_runs
 
 # Slot variables Keras' optimizers keep per trainable weight: what training holds beyond the weights
 # and their gradients (rmsprop and sgd add a momentum slot only when momentum is set).
@@ -25,7 +28,41 @@ class RunsCheck:
     missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
 
 
-def plan_table(experiment, runs: list[RunSpec], results_dir: Path, data_dir: Path | None) -> str:
+def plan_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (), *,
+                    results_dir: Path = Path("results"), data_dir: Path | None = None) -> str:
+    """`bnexp plan`: the table of the experiment's runs (sweep values, arm, seed, run id, parameter
+    counts, status) and its totals, after the checks `bnexp run` makes that need no training."""
+    config_file, results_dir = Path(config_file), Path(results_dir)
+    experiment, runs = load_runs(config_file, overrides, sweeps, data_dir)
+    check_same_experiment(experiment, runs, results_dir, config_file)
+    return plan_table(experiment, runs, results_dir, data_dir)
+
+
+def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
+                          config_file: Path) -> None:
+    """ConfigError when the experiment's folder holds another config file's experiment with other runs:
+    mixing them would report two experiments as one. The same file, edited, may add runs (a resumed sweep)."""
+    record = read_json(results_dir / experiment.name / EXPERIMENT)
+    if not isinstance(record, dict) or not isinstance(record.get("config_file"), str):
+        return
+    previous = Path(record["config_file"])
+    if previous.resolve() == config_file.resolve() or set(record.get("run_ids") or []) == {s.run_id for s in runs}:
+        return
+    raise ConfigError(
+        f"{config_file}: {results_dir / experiment.name} holds experiment '{experiment.name}' of {previous}, "
+        f"with other runs; give {config_file} another name: (or use another --results folder)"
+    )
+
+
+def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
+    """Load each distinct dataset and build each distinct model (without its weights) once, so missing
+    or unusable data, or a model it cannot feed, stops the sweep before any training (DataError);
+    warnings about parts too small to mean much are printed once."""
+    for warning in check_runs(runs, data_dir, strict=True).warnings:
+        print(f"Warning: {warning}", file=sys.stderr, flush=True)
+
+
+def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, data_dir: Path | None) -> str:
     import pandas as pd
 
     checked = check_runs(runs, data_dir, strict=False)

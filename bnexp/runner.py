@@ -1,8 +1,5 @@
-"""Run a sweep: skip completed runs, train the others through an executor, show progress.
-
-An executor is a function `(runs, context) -> iterator of (RunSpec, result record)`; it may
-train in this process, in worker processes or on a cluster, and yields each run as it ends.
-"""
+"""Run an experiment (`bnexp run`): check everything, record the experiment, then train every run
+not complete yet through an executor (bnexp.executors), showing progress and a summary."""
 
 from __future__ import annotations
 
@@ -12,122 +9,51 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator, Sequence
 
 from bnexp import RESULTS_FORMAT, __version__
 from bnexp.config import ExperimentConfig
-from bnexp.errors import ConfigError
-from bnexp.store import EXPERIMENT, RunLocked, is_complete, read_json, run_lock, write_json
-from bnexp.sweep import RunSpec
+from bnexp.executors import (NOT_TRAINED, Executor, RunContext, check_executor_options, check_tensorboard,
+                             make_executor, run_sequential)
+from bnexp.planning import check_data, check_same_experiment
+from bnexp.store import EXPERIMENT, check_results_dir, is_complete, write_json
+from bnexp.sweep import RunSpec, load_runs
 
 
-@dataclass
-class RunContext:
-    """What every run of a sweep shares, whichever executor trains it."""
+def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (), *,
+                   results_dir: Path = Path("results"), data_dir: Path | None = None, deterministic: bool = False,
+                   tensorboard: bool = False, executor: str | None = None, workers: int | None = None,
+                   address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+                   quiet: bool = False) -> SweepSummary:
+    """Train every run of the experiment in `config_file` that is not complete yet; the summary says
+    what happened (`interrupted` on Ctrl-C: the same call resumes).
 
-    results_dir: Path
-    data_dir: Path | None
-    tensorboard: bool = False
-    on_epoch: Callable[[RunSpec, dict], None] | None = None
-
-    def run_dir(self, spec: RunSpec) -> Path:
-        return self.results_dir / spec.experiment / spec.run_id
-
-
-Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
-
-
-# Records for runs this process did not train; never written to disk.
-NOT_TRAINED = {
-    "running": "another bnexp process is training it",
-    "skipped": "another bnexp process completed it",
-}
-
-
-# `bnexp status` takes a run's lock for an instant to see whether it is held; waiting this long
-# keeps such a look from making a sweep skip the run.
-LOCK_WAIT = 1.0
-
-
-@contextlib.contextmanager
-def claim_run(run_dir: Path) -> Iterator[dict | None]:
-    """Hold the run's lock while the caller trains it; yields None when the run is this process's to
-    train, else the record saying why not (status `running` or `skipped`, see NOT_TRAINED).
-
-    Holding the lock while training is what lets several `bnexp run` share a results folder: a run
-    locked by another process, or completed by one since this sweep was planned, is not trained again.
+    `overrides` and `sweeps` are `--set KEY=VALUE` and `--sweep KEY=[VALUES]` items; `executor` is
+    processes, sequential or ray (None: ray with an `address`, else processes), and the options
+    it does not use must be None. Everything is checked before anything is written: the options
+    (ConfigError), the config and its runs, the results folder (ResultsError), the data and each model
+    (DataError), the Ray cluster (BnexpError). Then experiment.json is written and the runs train.
     """
-    try:
-        with run_lock(run_dir, wait=LOCK_WAIT):
-            yield {"status": "skipped"} if is_complete(run_dir) else None
-    except RunLocked:
-        yield {"status": "running"}
-
-
-def train_one(spec: RunSpec, context: RunContext) -> dict:
-    """Claim and train one run into its folder: what every executor calls for a run that trains
-    where its results are stored."""
-    from bnexp.train import train_run
-
-    run_dir = context.run_dir(spec)
-    with claim_run(run_dir) as not_trained:
-        if not_trained:
-            return not_trained
-        return train_run(spec, run_dir, context.data_dir,
-                         tensorboard=context.tensorboard, on_epoch=context.on_epoch)
-
-
-def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[RunSpec, dict]]:
-    """Train the runs one after another in this process."""
-    for spec in runs:
-        yield spec, train_one(spec, context)
+    config_file, results_dir = Path(config_file), Path(results_dir)
+    executor = check_executor_options(executor, workers, address, cpus_per_run, gpus_per_run)
+    if tensorboard:
+        check_tensorboard()
+    deterministic_override = ["train.deterministic=true"] if deterministic else []
+    experiment, runs = load_runs(config_file, [*overrides, *deterministic_override], sweeps, data_dir)
+    check_same_experiment(experiment, runs, results_dir, config_file)
+    todo = pending_runs(runs, results_dir)
+    with removed_if_refused(results_dir / experiment.name):
+        check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
+        check_data(todo, data_dir)
+        # With nothing to train, no executor starts (nor connects to a Ray cluster).
+        execute = make_executor(executor, workers, address, cpus_per_run, gpus_per_run) if todo else run_sequential
+    write_experiment(experiment, runs, results_dir, config_file)
+    return run_sweep(runs, RunContext(results_dir, data_dir, tensorboard=tensorboard), execute, SweepProgress(quiet))
 
 
 def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
     """The runs without a final record (never started, interrupted or failed)."""
     return [spec for spec in runs if not is_complete(results_dir / spec.experiment / spec.run_id)]
-
-
-def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
-    """Load each distinct dataset and build each distinct model (without its weights) once, so missing
-    or unusable data, or a model it cannot feed, stops the sweep before any training (DataError);
-    warnings about parts too small to mean much are printed once."""
-    from bnexp.planning import check_runs
-
-    for warning in check_runs(runs, data_dir, strict=True).warnings:
-        print(f"Warning: {warning}", file=sys.stderr, flush=True)
-
-
-def check_distinct_runs(runs: list[RunSpec], source: str) -> None:
-    """ConfigError when two runs would train the same configuration: under one run id the second
-    would be skipped as done, and under two arms a pair would compare a model with itself."""
-    seen: dict[str, RunSpec] = {}
-    for spec in runs:
-        digest = spec.run_id.rsplit("-", 1)[-1]  # the hash of the run's config, whatever its arm
-        first = seen.setdefault(digest, spec)
-        if first is not spec:
-            raise ConfigError(f"{source}: {_describe(first)} and {_describe(spec)} would train the same configuration; "
-                              "make every sweep value and every arm change the run")
-
-
-def _describe(spec: RunSpec) -> str:
-    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *(f"{k}={v}" for k, v in spec.point.items())])
-
-
-def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
-                          config_file: Path) -> None:
-    """ConfigError when the experiment's folder holds another config file's experiment with other runs:
-    mixing them would report two experiments as one. The same file, edited, may add runs (a resumed sweep)."""
-    record = read_json(results_dir / experiment.name / EXPERIMENT)
-    if not isinstance(record, dict) or not isinstance(record.get("config_file"), str):
-        return
-    previous = Path(record["config_file"])
-    if previous.resolve() == config_file.resolve() or set(record.get("run_ids") or []) == {s.run_id for s in runs}:
-        return
-    raise ConfigError(
-        f"{config_file}: {results_dir / experiment.name} holds experiment '{experiment.name}' of {previous}, "
-        f"with other runs; give {config_file} another name: (or use another --results folder)"
-    )
 
 
 @contextlib.contextmanager
@@ -190,7 +116,7 @@ class SweepSummary:
         return line
 
 
-def run_sweep(runs: list[RunSpec], context: RunContext, executor: Executor, progress: "SweepProgress") -> SweepSummary:
+def run_sweep(runs: list[RunSpec], context: RunContext, executor: Executor, progress: SweepProgress) -> SweepSummary:
     """Train every pending run; stops early only on KeyboardInterrupt, returning the summary so far
     with `interrupted` set (an interrupted run resumes from its last finished epoch next time)."""
     todo = pending_runs(runs, context.results_dir)

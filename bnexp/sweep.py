@@ -12,11 +12,11 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from bnexp import RESULTS_FORMAT, __version__
-from bnexp.config import DataConfig, ExperimentConfig, RunConfig
-from bnexp.errors import DataError
+from bnexp.config import DataConfig, ExperimentConfig, RunConfig, load_config
+from bnexp.errors import ConfigError, DataError
 
 # Ends a run id whose data file could not be read: `bnexp plan` lists such runs, `bnexp run` refuses them.
 UNKNOWN_DATA = "?"
@@ -52,6 +52,16 @@ class RunSpec:
             "config": self.config.model_dump(mode="json"),
             "data_sha256": self.data_sha256,
         }
+
+
+def load_runs(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
+              data_dir: Path | None = None) -> tuple[ExperimentConfig, list[RunSpec]]:
+    """The experiment in `config_file` with `--set` `overrides` and `--sweep` axes, and its runs, each
+    training a configuration of its own (ConfigError otherwise)."""
+    experiment = load_config(config_file, list(overrides), list(sweeps))
+    runs = expand_runs(experiment, str(config_file), data_dir)
+    check_distinct_runs(runs, str(config_file))
+    return experiment, runs
 
 
 def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None = None) -> list[RunSpec]:
@@ -94,3 +104,19 @@ def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     return f"{arm}-s{config.seed}-{digest}"
+
+
+def check_distinct_runs(runs: list[RunSpec], source: str) -> None:
+    """ConfigError when two runs would train the same configuration: under one run id the second
+    would be skipped as done, and under two arms a pair would compare a model with itself."""
+    seen: dict[str, RunSpec] = {}
+    for spec in runs:
+        digest = spec.run_id.rsplit("-", 1)[-1]  # the hash of the run's config, whatever its arm
+        first = seen.setdefault(digest, spec)
+        if first is not spec:
+            raise ConfigError(f"{source}: {_describe(first)} and {_describe(spec)} would train the same configuration; "
+                              "make every sweep value and every arm change the run")
+
+
+def _describe(spec: RunSpec) -> str:
+    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *(f"{k}={v}" for k, v in spec.point.items())])

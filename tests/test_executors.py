@@ -9,8 +9,8 @@ import yaml
 
 from bnexp.config import load_config
 from bnexp.errors import BnexpError
-from bnexp.executors import default_workers, make_executor, run_processes, run_ray
-from bnexp.runner import RunContext, SweepProgress, run_sequential, run_sweep
+from bnexp.executors import RunContext, default_workers, make_executor, run_processes, run_ray, run_sequential
+from bnexp.runner import SweepProgress, run_sweep
 from bnexp.store import HISTORY, RESULT, SPEC, read_history, read_json
 from bnexp.sweep import expand_runs
 

@@ -25,7 +25,8 @@ from click.testing import CliRunner
 import bnexp.store
 from bnexp.cli import main
 from bnexp.config import load_config
-from bnexp.runner import RunContext, train_one, write_experiment
+from bnexp.executors import RunContext, train_one
+from bnexp.runner import write_experiment
 from bnexp.store import LOCK, run_lock, write_history, write_json
 from bnexp.sweep import expand_runs
 

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from bnexp.cli import main
 from bnexp.config import load_config
 from bnexp.errors import BnexpError
-from bnexp.executors import _check_ray_resources, run_ray
-from bnexp.runner import RunContext
+from bnexp.executors import RunContext, _check_ray_resources, run_ray
 from bnexp.sweep import expand_runs
 from test_report import ExperimentWriter, completed, epochs
 
