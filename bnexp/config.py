@@ -493,9 +493,18 @@ def _related(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
+def closest(word: str, choices, ignore_case: bool = False) -> str | None:
+    """The choice nearest to `word` (difflib's similarity of at least 0.6), or None: what every
+    "did you mean" in bnexp offers."""
+    choices = list(choices)
+    keys = [choice.lower() for choice in choices] if ignore_case else choices
+    match = difflib.get_close_matches(word.lower() if ignore_case else word, keys, n=1, cutoff=0.6)
+    return choices[keys.index(match[0])] if match else None
+
+
 def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(word, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def describe_error(model_cls: type[BaseModel], exc: ValidationError) -> tuple[str, str]:

@@ -5,7 +5,6 @@ Keras is imported only by the download fallback, so importing this module stays 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gzip
 import hashlib
@@ -21,7 +20,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from bnexp.config import DataConfig
+from bnexp.config import DataConfig, closest
 from bnexp.errors import DataError
 
 
@@ -581,9 +580,8 @@ def _stratified_split(y: np.ndarray, test_split: float, rng: np.random.Generator
 
 def _suggest(name: str, columns: list[str]) -> str:
     """A "did you mean" for a misspelt column, then the columns there are."""
-    by_lower = {column.lower(): column for column in columns}
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
-    hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+    close = closest(name, columns, ignore_case=True)  # a column's case is easily mistyped
+    hint = f" (did you mean {close!r}?)" if close else ""
     shown = ", ".join(columns[:10]) + (f", ... ({len(columns)} columns)" if len(columns) > 10 else "")
     return f"{hint}; columns: {shown}"
 
