@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from bnexp.experiment import is_number
-from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
+from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.tables import point_label, short_key, value_label
 
 REFERENCE_COLOUR = "#4c72b0"
@@ -84,9 +84,9 @@ def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str],
                                      (LOSS, "-", "train"), (VAL_LOSS, "--", "validation")):
             if metric not in runs or runs[metric].isna().all():
                 continue
-            scale = 100 if metric.endswith(ACCURACY) else 1
+            scale = 100 if is_accuracy(metric) else 1
             curve = runs.groupby("epoch")[metric].agg(["mean", "min", "max"]) * scale
-            ax = ax_acc if metric.endswith(ACCURACY) else ax_loss
+            ax = ax_acc if is_accuracy(metric) else ax_loss
             ax.plot(curve.index, curve["mean"], style, color=colours[arm], label=f"{arm} {split}",
                     marker=marker, markersize=4, markerfacecolor="white" if split == "validation" else None)
             if len(curve) > 1:

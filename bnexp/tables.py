@@ -17,14 +17,13 @@ import pandas as pd
 from scipy import stats as sps
 
 from bnexp.experiment import final_values, is_number
-from bnexp.metrics import ACCURACY, LOSS, TARGET_METRICS, VAL_ACCURACY, higher_is_better
+from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, UNFINISHED
 
 CONFIDENCE = 0.95
 LEARNING_RATE_KEY = "train.learning_rate"
 # Steps-to-target defaults: a level every arm can be expected to reach, derived from the
 # reference arm's best sweep point, so the table asks "how soon", not "whether".
-DEFAULT_TARGET_METRIC = VAL_ACCURACY
 DEFAULT_ACCURACY_FRACTION = 0.9
 DEFAULT_LOSS_FACTOR = 1.1
 
@@ -186,7 +185,7 @@ class Target:
 
     @property
     def higher_is_better(self) -> bool:
-        return higher_is_better(self.metric)
+        return is_accuracy(self.metric)
 
     def describe(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
@@ -217,7 +216,7 @@ def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], r
     if done.empty:
         return None
     means = done.groupby("point_id").final.mean()
-    higher = higher_is_better(metric)
+    higher = is_accuracy(metric)
     best_point = means.idxmax() if higher else means.idxmin()
     best = means.loc[best_point]
     where = done[done.point_id == best_point].iloc[0]
