@@ -17,6 +17,7 @@ import pandas as pd
 from bnexp import __version__, plots, tables
 from bnexp.errors import ResultsError
 from bnexp.experiment import CHANCE_MARGIN, Experiment, is_number, load_experiment, sort_key
+from bnexp.metrics import LOSS
 from bnexp.page import Plot, Section, Table, report_files, slug
 from bnexp.store import FAILED, FINAL_STATUSES, RUNNING, experiment_dirs, write_tree
 from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, short_key, value_label
@@ -145,7 +146,7 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
                                f"{metric or 'validation accuracy'}. Give a target value.")
         return section
     finer = " The training loss is also checked in the per-step log (train.log_every_steps)." \
-        if target.metric == "loss" else ""
+        if target.metric == LOSS else ""
     section.explanation = (
         f"Target: {target.describe()} ({target.how}). First optimizer step, and the epoch it falls in, "
         f"at which each run reaches it, checked at the end of every epoch.{finer} Speed-up: {ref}'s mean "

@@ -130,11 +130,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 def write_tree(folder: Path, files: dict[str, bytes | str]) -> None:
     """Write `folder` holding `files` ({path inside it: content}) so readers see the old folder or
     the new one, never a mix: each file written and fsynced into a fresh staging folder beside it,
-    then the staging folder renamed into place.
-
-    A rename cannot replace a folder that holds files, so the old one is moved aside first: for an
-    instant there is no `folder` at all, which a reader sees as "no report yet", not as a mix.
-    """
+    then the staging folder renamed into place (_swap_in)."""
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     except OSError as exc:
@@ -144,18 +140,32 @@ def write_tree(folder: Path, files: dict[str, bytes | str]) -> None:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             with open(staging / name, "wb") as f:
                 _write_synced(f, data)
-        aside = None
-        if folder.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
-            folder.rename(aside / folder.name)
-        staging.rename(folder)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        _swap_in(staging, folder)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ResultsError(f"{folder}: cannot write ({exc.strerror or exc}); the previous version is kept") from None
+        if isinstance(exc, OSError):  # the previous folder is still whole
+            raise ResultsError(f"{folder}: cannot write ({exc.strerror or exc}); "
+                               "the previous version is kept") from None
         raise
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Rename `staging` to `folder`. A rename cannot replace a folder that holds files, so the old
+    one is moved aside first (for an instant there is no `folder`, which a reader sees as none yet,
+    not as a mix), put back if the rename fails, and deleted once the new one is in place."""
+    if not folder.exists():
+        staging.rename(folder)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+    try:
+        folder.rename(aside / folder.name)
+        try:
+            staging.rename(folder)
+        except BaseException:
+            (aside / folder.name).rename(folder)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_synced(f, data: bytes | str) -> None:

@@ -1,6 +1,7 @@
 """The results layout's one owner (bnexp.store) as the report reads it: running and interrupted
 runs apart, one format policy for report and status, the report folder written in one piece."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -112,3 +113,23 @@ def test_importing_bnexp_leaves_the_store_unloaded_yet_offers_results_format():
             "from bnexp import RESULTS_FORMAT; print(loaded, RESULTS_FORMAT)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", str(store.RESULTS_FORMAT)]
+
+
+def test_a_report_that_cannot_be_renamed_into_place_puts_the_previous_one_back(tmp_path, monkeypatch):
+    writer = ExperimentWriter(tmp_path, "exp")
+    writer.run("no_bn", 0, history=epochs([0.9]), result=completed(0.1))
+    path = writer.plan()
+    (out,) = report.write_reports(tmp_path, "exp")
+    page = (out / "index.html").read_bytes()
+    rename = pathlib.Path.rename
+
+    def staging_refused(self, target):
+        if self.name.startswith(".report-") and not self.name.startswith(".report-old-"):
+            raise OSError(13, "Permission denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "rename", staging_refused)
+    with pytest.raises(ResultsError, match="Permission denied\\); the previous version is kept$"):
+        report.write_reports(tmp_path, "exp")
+    assert (out / "index.html").read_bytes() == page
+    assert not [p.name for p in path.iterdir() if p.name.startswith(".")]
