@@ -21,7 +21,6 @@ from filelock import FileLock, Timeout
 from bnexp import __version__
 from bnexp.config import did_you_mean
 from bnexp.errors import ResultsError
-from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS
 
 # Version of the on-disk results layout; bumped on incompatible change.
 RESULTS_FORMAT = 1
@@ -71,13 +70,20 @@ class SpecRecord(TypedDict, total=False):
     config: dict[str, Any]  # the RunConfig as JSON: data, model, train, seed
 
 
-# history.jsonl: one row per finished epoch; a metric Keras did not log (no validation split) is
-# absent, a NaN or infinite one null. Functional form, so the metric keys are metrics' constants.
-HistoryRow = TypedDict("HistoryRow", {
-    "epoch": int, "step": int, LOSS: float | None, ACCURACY: float | None, VAL_LOSS: float | None,
-    VAL_ACCURACY: float | None, "learning_rate": float, "epoch_seconds": float,
-    "step_losses": list[list[float]],  # [global step, mean training loss since the previous pair]
-}, total=False)
+class HistoryRow(TypedDict, total=False):
+    """A line of history.jsonl: one finished epoch. The metrics are metrics.EPOCH_METRICS, spelled out
+    because type checkers read only literal keys; a metric Keras did not log (no validation split) is
+    absent, a NaN or infinite one null."""
+
+    epoch: int
+    step: int  # the global optimizer step at the end of the epoch
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float
+    epoch_seconds: float
+    step_losses: list[list[float]]  # [global step, mean training loss since the previous pair]
 
 
 class ResultRecord(TypedDict, total=False):

@@ -10,6 +10,7 @@ import pytest
 
 from bnexp import RESULTS_FORMAT, report, store
 from bnexp.errors import ResultsError
+from bnexp.metrics import EPOCH_METRICS
 from bnexp.status import sweep_status
 from test_report import ExperimentWriter, completed, epochs
 
@@ -133,3 +134,7 @@ def test_a_report_that_cannot_be_renamed_into_place_puts_the_previous_one_back(t
         report.write_reports(tmp_path, "exp")
     assert (out / "index.html").read_bytes() == page
     assert not [p.name for p in path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_history_row_holds_every_epoch_metric():
+    assert set(EPOCH_METRICS) <= set(store.HistoryRow.__annotations__)
