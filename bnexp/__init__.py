@@ -2,5 +2,12 @@
 
 __version__ = "0.1.0"
 
-# Version of the on-disk results layout (docs/RESULTS_FORMAT.md); bumped on incompatible change.
-RESULTS_FORMAT = 1
+
+def __getattr__(name: str):
+    # RESULTS_FORMAT belongs to bnexp.store, the results layout's owner. runner and sweep still import
+    # it from here; loading it on demand keeps `import bnexp` (and `bnexp --help`) from loading the store.
+    if name == "RESULTS_FORMAT":
+        from bnexp.store import RESULTS_FORMAT
+
+        return RESULTS_FORMAT
+    raise AttributeError(f"module 'bnexp' has no attribute {name!r}")

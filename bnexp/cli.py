@@ -15,6 +15,7 @@ import click
 
 from bnexp import __version__
 from bnexp.errors import BnexpError
+from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, TARGET_METRICS, is_accuracy
 
 # TensorFlow's C++ start-up chatter hides bnexp's own output; users can still set it lower.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -146,7 +147,7 @@ def run(config, overrides, sweeps, results_dir, data_dir, quiet, tensorboard, de
 @click.argument("target", required=False)
 @results_option
 @click.option(
-    "--target-metric", type=click.Choice(["val_accuracy", "accuracy", "loss", "val_loss"]),
+    "--target-metric", type=click.Choice(TARGET_METRICS),
     help="Metric of the steps-to-target table: the first step at which a run reaches --target-value "
          "(accuracies: at least, losses: at most). Default: val_accuracy (accuracy without a validation "
          "split); `loss` also checks the per-step training-loss log.",
@@ -200,10 +201,11 @@ def _check_target(metric: str | None, value: float | None) -> None:
     """A --target-value the metric can reach and not every run meets at once."""
     if value is None:
         return
-    shown = f"--target-metric {metric}" if metric else "the default --target-metric val_accuracy (or accuracy)"
+    shown = (f"--target-metric {metric}" if metric
+             else f"the default --target-metric {DEFAULT_TARGET_METRIC} (or {ACCURACY})")
     if not math.isfinite(value):
         raise UserError(f"--target-value {value}: expected a finite number")
-    if (metric or "accuracy").endswith("accuracy") and not 0 < value <= 1:
+    if is_accuracy(metric or DEFAULT_TARGET_METRIC) and not 0 < value <= 1:
         raise UserError(f"--target-value {value:g}: {shown} is a fraction, so expected a value > 0 and <= 1 "
                         "(0 is met by every run at once), e.g. 0.9 for 90%")
     if value < 0:

@@ -13,7 +13,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from bnexp.stats import is_number
+from bnexp.experiment import is_number
+from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS, is_accuracy
+from bnexp.tables import point_label, short_key, value_label
 
 REFERENCE_COLOUR = "#4c72b0"
 ARM_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -30,23 +32,6 @@ def arm_colours(arms: list[str], reference: str) -> dict[str, str]:
     """A fixed colour per arm: the reference first colour, the others in config order."""
     others = iter(ARM_COLOURS * (len(arms) // len(ARM_COLOURS) + 1))
     return {arm: REFERENCE_COLOUR if arm == reference else next(others) for arm in arms}
-
-
-def short_key(key: str) -> str:
-    """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
-    return key.rsplit(".", 1)[-1]
-
-
-def point_label(values: dict) -> str:
-    """`learning_rate=0.01, activation=relu` for a sweep point given as {key: value}."""
-    return ", ".join(f"{short_key(key)}={format_value(value)}" for key, value in values.items())
-
-
-def format_value(value) -> str:
-    """A sweep value as written in labels: numbers in short form, anything else as text."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _log_axis(key: str, values: list) -> bool:
@@ -95,13 +80,13 @@ def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str],
     marker = "o" if len(epochs) <= MARKED_EPOCHS else None
     for arm in present:
         runs = history[history.arm == arm]
-        for metric, style, split in (("accuracy", "-", "train"), ("val_accuracy", "--", "validation"),
-                                     ("loss", "-", "train"), ("val_loss", "--", "validation")):
+        for metric, style, split in ((ACCURACY, "-", "train"), (VAL_ACCURACY, "--", "validation"),
+                                     (LOSS, "-", "train"), (VAL_LOSS, "--", "validation")):
             if metric not in runs or runs[metric].isna().all():
                 continue
-            scale = 100 if metric.endswith("accuracy") else 1
+            scale = 100 if is_accuracy(metric) else 1
             curve = runs.groupby("epoch")[metric].agg(["mean", "min", "max"]) * scale
-            ax = ax_acc if metric.endswith("accuracy") else ax_loss
+            ax = ax_acc if is_accuracy(metric) else ax_loss
             ax.plot(curve.index, curve["mean"], style, color=colours[arm], label=f"{arm} {split}",
                     marker=marker, markersize=4, markerfacecolor="white" if split == "validation" else None)
             if len(curve) > 1:
@@ -179,7 +164,7 @@ def plot_error_vs(table: pd.DataFrame, key: str, others: list[str], arms: list[s
             ax.axhline(chance_error * 100, color="grey", ls=":", lw=1, label="chance")
         if log:
             ax.set_xscale("log")
-        ax.set_xticks(list(positions.values()), [format_value(v) for v in positions])
+        ax.set_xticks(list(positions.values()), [value_label(v) for v in positions])
         ax.minorticks_off()
         if not numeric:
             ax.set_xlim(-0.5, len(values) - 0.5)
@@ -249,8 +234,8 @@ def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, refer
         text = f"{value:+.2f}" if not np.isnan(value) else notes.get((iy, ix), "n/a")
         ax.text(ix, iy, text, ha="center", va="center", fontsize="small",
                 color="white" if not np.isnan(value) and abs(value) > 0.6 * limit else "black")
-    ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
-    ax.set_yticks(range(len(ys)), [format_value(v) for v in ys])
+    ax.set_xticks(range(len(xs)), [value_label(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [value_label(v) for v in ys])
     ax.set(xlabel=short_key(x_key), ylabel=short_key(y_key))
     fig.colorbar(image, ax=ax, label=f"{arm} − {reference} (pp)\n< 0: {arm} better")
     fig.suptitle(title)
@@ -290,7 +275,7 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
             ax.bar(x, row.step_mean, width, color=colours[arm], yerr=err, capsize=3,
                    label=None if arm in labelled else arm)
             labelled.add(arm)
-    labels = [", ".join(format_value(v) for v in point) for point in points]
+    labels = [", ".join(value_label(v) for v in point) for point in points]
     # About 0.07 inch per character of tick label at the default font size.
     axes_width = fig.get_size_inches()[0] - 1 - _legend_width(arms)
     crowded = max(len(label) for label in labels) * 0.07 > axes_width / len(points)

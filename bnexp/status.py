@@ -8,11 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bnexp.store import (CHECKPOINT, EXPERIMENT, HISTORY, RESULT, SPEC, check_format, experiment_dirs, read_history,
-                         read_json, run_damage, run_status)
-
-# The order runs and totals are listed in; damaged: a run file cannot be read (run_damage).
-STATES = ("completed", "diverged", "failed", "running", "incomplete", "pending", "damaged")
+from bnexp.store import (CHECKPOINT, COMPLETED, DAMAGED, DIVERGED, EXPERIMENT, FAILED, HISTORY, INCOMPLETE, PENDING,
+                         RESULT, RUNNING, SPEC, STATUSES, check_format, experiment_dirs, read_experiment,
+                         read_history, read_json, run_damage, run_status)
 
 
 def sweep_status(results_dir: Path, target: str | None = None) -> str:
@@ -22,10 +20,12 @@ def sweep_status(results_dir: Path, target: str | None = None) -> str:
 
 
 def experiment_status(folder: Path) -> str:
-    plan = read_json(folder / EXPERIMENT)
+    try:
+        plan = read_experiment(folder)
+    except (OSError, ValueError):
+        plan = None
     note = ""
-    if isinstance(plan, dict) and isinstance(plan.get("run_ids"), list):
-        check_format(folder / EXPERIMENT)
+    if plan is not None and isinstance(plan.get("run_ids"), list):
         run_ids = [str(run_id) for run_id in plan["run_ids"]]
     else:
         # Without a readable plan the run folders are all there is to list.
@@ -41,7 +41,7 @@ def experiment_status(folder: Path) -> str:
         for row in [header, *rows]
     ]
     counts = Counter(row["status"] for row in rows)
-    totals = ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
+    totals = ", ".join(f"{counts[state]} {state}" for state in STATUSES if counts[state])
     lines.append(f"\n{folder.name}: {len(rows)} runs: {totals or 'none planned'} ({folder}){note}")
     return "\n".join(lines)
 
@@ -50,19 +50,19 @@ def run_row(run_dir: Path) -> dict[str, str]:
     """The run's id, state, epochs done out of planned, and its outcome or what happens next."""
     damage = run_damage(run_dir)
     if damage:
-        return {"run": run_dir.name, "status": "damaged", "epochs": "", "detail": damage}
+        return {"run": run_dir.name, "status": DAMAGED, "epochs": "", "detail": damage}
     check_format(run_dir / SPEC)
     status = run_status(run_dir)
     spec, result = read_json(run_dir / SPEC) or {}, read_json(run_dir / RESULT) or {}
     planned = spec.get("config", {}).get("train", {}).get("epochs", "?")
     done = len(read_history(run_dir / HISTORY))
     detail = {
-        "completed": lambda: f"test error {result.get('test_error', float('nan')):.4f}",
-        "diverged": lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}",
-        "failed": lambda: f"{result.get('error')} (retried by the next bnexp run)",
-        "running": lambda: "another bnexp process holds its lock",
-        "incomplete": lambda: ("interrupted; resumes from its last checkpoint" if (run_dir / CHECKPOINT).exists()
+        COMPLETED: lambda: f"test error {result.get('test_error', float('nan')):.4f}",
+        DIVERGED: lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}",
+        FAILED: lambda: f"{result.get('error')} (retried by the next bnexp run)",
+        RUNNING: lambda: "another bnexp process holds its lock",
+        INCOMPLETE: lambda: ("interrupted; resumes from its last checkpoint" if (run_dir / CHECKPOINT).exists()
                                else "interrupted; restarts from epoch 1"),
-        "pending": lambda: "",
+        PENDING: lambda: "",
     }.get(status, lambda: "")()
     return {"run": run_dir.name, "status": status, "epochs": f"{done}/{planned}" if spec else "", "detail": detail}

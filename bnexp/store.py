@@ -1,4 +1,6 @@
-"""The results layout on disk (docs/RESULTS_FORMAT.md): atomic writes and run states.
+"""The results layout on disk (docs/RESULTS_FORMAT.md), its one owner: the file names, the format
+version, the status vocabulary, the records each file holds and their readers, where a run's
+folder is, experiment discovery, atomic writes and run locks.
 
 Imports nothing heavy, so `bnexp status` and `bnexp report` stay fast.
 """
@@ -9,19 +11,104 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from filelock import FileLock, Timeout
 
-from bnexp import RESULTS_FORMAT, __version__
+from bnexp import __version__
 from bnexp.config import did_you_mean
 from bnexp.errors import ResultsError
 
+# Version of the on-disk results layout; bumped on incompatible change.
+RESULTS_FORMAT = 1
+
 SPEC, HISTORY, RESULT, CHECKPOINT = "spec.json", "history.jsonl", "result.json", "checkpoint.keras"
 EXPERIMENT, LOCK = "experiment.json", "run.lock"
-FINAL_STATUSES = ("completed", "diverged")  # a failed run is retried by the next `bnexp run`
+
+# A run's status. result.json says completed, diverged or failed; the others are read from the
+# run's folder: running (another process holds its lock), incomplete (started, then interrupted),
+# pending (never started), damaged (one of its files cannot be read: run_damage).
+COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
+RUNNING, INCOMPLETE, PENDING, DAMAGED = "running", "incomplete", "pending", "damaged"
+STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, INCOMPLETE, PENDING, DAMAGED)  # the order runs are listed in
+FINAL_STATUSES = (COMPLETED, DIVERGED)  # a failed run is retried by the next `bnexp run`
+RESULT_STATUSES = (*FINAL_STATUSES, FAILED)  # what result.json may say
+UNFINISHED = (RUNNING, INCOMPLETE)  # started, no result.json yet
+NOT_STARTED = "not started"  # the report's word for a planned run without a folder (PENDING)
+
+
+class ExperimentRecord(TypedDict, total=False):
+    """experiment.json: the experiment as last planned."""
+
+    format: int
+    bnexp_version: str
+    experiment: str
+    description: str | None
+    config_file: str
+    sweep_keys: list[str]
+    arms: list[str]
+    reference_arm: str
+    seeds: list[int]
+    run_ids: list[str]
+
+
+class SpecRecord(TypedDict, total=False):
+    """spec.json: the fully resolved run, written when it starts."""
+
+    format: int
+    bnexp_version: str
+    experiment: str
+    run_id: str
+    arm: str
+    reference_arm: str
+    arms: list[str]
+    seed: int
+    point: dict[str, Any]  # swept key -> value
+    config: dict[str, Any]  # the RunConfig as JSON: data, model, train, seed
+
+
+class HistoryRow(TypedDict, total=False):
+    """A line of history.jsonl: one finished epoch. The metrics are metrics.EPOCH_METRICS, spelled out
+    because type checkers read only literal keys; a metric Keras did not log (no validation split) is
+    absent, a NaN or infinite one null."""
+
+    epoch: int
+    step: int  # the global optimizer step at the end of the epoch
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float
+    epoch_seconds: float
+    step_losses: list[list[float]]  # [global step, mean training loss since the previous pair]
+
+
+class ResultRecord(TypedDict, total=False):
+    """result.json: written once, when the run ends."""
+
+    status: str  # one of RESULT_STATUSES
+    epochs_run: int
+    diverged_epoch: int | None
+    error: str | None
+    resumed_from_epoch: int | None
+    test_loss: float | None
+    test_accuracy: float | None
+    test_error: float | None
+    trainable_params: int | None
+    non_trainable_params: int | None
+    num_classes: int | None
+    wall_seconds: float
+    started_at: str
+    finished_at: str
+    environment: dict[str, Any]
+
+
+def run_dir(results_dir: Path, experiment: str, run_id: str) -> Path:
+    """The folder holding one run's files."""
+    return Path(results_dir) / experiment / run_id
 
 
 class RunLocked(Exception):
@@ -37,15 +124,60 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_synced(f, data)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):  # e.g. a full disk: the old file is still whole
             raise ResultsError(f"{path}: cannot write ({exc.strerror or exc}); the previous version is kept") from None
         raise
+
+
+def write_tree(folder: Path, files: dict[str, bytes | str]) -> None:
+    """Write `folder` holding `files` ({path inside it: content}) so readers see the old folder or
+    the new one, never a mix: each file written and fsynced into a fresh staging folder beside it,
+    then the staging folder renamed into place (_swap_in)."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as exc:
+        raise ResultsError(f"{folder}: cannot write ({exc.strerror or exc})") from None
+    try:
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            with open(staging / name, "wb") as f:
+                _write_synced(f, data)
+        _swap_in(staging, folder)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # the previous folder is still whole
+            raise ResultsError(f"{folder}: cannot write ({exc.strerror or exc}); "
+                               "the previous version is kept") from None
+        raise
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Rename `staging` to `folder`. A rename cannot replace a folder that holds files, so the old
+    one is moved aside first (for an instant there is no `folder`, which a reader sees as none yet,
+    not as a mix), put back if the rename fails, and deleted once the new one is in place."""
+    if not folder.exists():
+        staging.rename(folder)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+    try:
+        folder.rename(aside / folder.name)
+        try:
+            staging.rename(folder)
+        except BaseException:
+            (aside / folder.name).rename(folder)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_synced(f, data: bytes | str) -> None:
+    f.write(data.encode() if isinstance(data, str) else data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -64,7 +196,57 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def read_history(path: Path) -> list[dict]:
+def read_object(path: Path) -> dict:
+    """The JSON object in `path`; OSError when it cannot be read (FileNotFoundError when missing),
+    ValueError naming the problem when it holds no JSON object."""
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def read_experiment(folder: Path) -> ExperimentRecord | None:
+    """The experiment's experiment.json; None when there is none. ValueError or OSError when it
+    cannot be read, ResultsError when it is in another results format (check_format)."""
+    path = folder / EXPERIMENT
+    if not path.is_file():
+        return None
+    record = read_object(path)
+    _check_record_format(path, record)
+    return record
+
+
+def read_spec(run_dir: Path) -> SpecRecord:
+    """A run's spec.json, checked for what readers need (arm, seed, point); ValueError naming what
+    is wrong, OSError when it cannot be read, ResultsError when it is in another results format."""
+    path = run_dir / SPEC
+    spec = read_object(path)
+    _check_record_format(path, spec)
+    for name in ("arm", "seed"):
+        if name not in spec:
+            raise ValueError(f"no {name!r}")
+    if not isinstance(spec["seed"], int) or isinstance(spec["seed"], bool):
+        raise ValueError(f"seed: expected an integer, got {spec['seed']!r}")
+    if not isinstance(spec["arm"], str) or not spec["arm"]:
+        raise ValueError(f"arm: expected a name, got {spec['arm']!r}")
+    if not isinstance(spec.get("point") or {}, dict):
+        raise ValueError("point: expected a mapping")
+    return spec
+
+
+def read_result(run_dir: Path) -> ResultRecord | None:
+    """A run's result.json; None while the run has none. ValueError naming what is wrong (an
+    unknown status included), OSError when it cannot be read."""
+    path = run_dir / RESULT
+    if not path.is_file():
+        return None
+    result = read_object(path)
+    if result.get("status") not in RESULT_STATUSES:
+        raise ValueError(f"unknown status {result.get('status')!r}")
+    return result
+
+
+def read_history(path: Path) -> list[HistoryRow]:
     """The epoch records of a history.jsonl in file order ([] when there is none yet); ValueError
     naming the line when one is not an epoch record."""
     try:
@@ -90,15 +272,13 @@ def run_damage(run_dir: Path) -> str | None:
     half-written line), or None when every one of them that exists reads."""
     for name in (SPEC, RESULT):
         try:
-            record = json.loads((run_dir / name).read_text())
+            read_object(run_dir / name)
         except FileNotFoundError:
             continue
         except OSError as error:
             return f"{name}: {error.strerror or error}"
         except ValueError as error:
             return f"{name}: {error}"
-        if not isinstance(record, dict):
-            return f"{name}: not a JSON object"
     try:
         read_history(run_dir / HISTORY)
     except OSError as error:
@@ -116,8 +296,8 @@ def run_status(run_dir: Path) -> str:
     if status in FINAL_STATUSES:
         return status
     if is_locked(run_dir):
-        return "running"
-    return status or ("incomplete" if (run_dir / SPEC).exists() else "pending")
+        return RUNNING
+    return status or (INCOMPLETE if (run_dir / SPEC).exists() else PENDING)
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -219,6 +399,10 @@ def check_results_dir(results_dir: Path, experiment: str, run_ids: list[str]) ->
         check_format(folder / run_id / SPEC)
 
 
+# One format policy for every reader and writer: only RESULTS_FORMAT is read or added to. The
+# format is bumped only on an incompatible change, so a folder in an older format means something
+# else just as much as one in a newer format: reading it would report wrong numbers, adding runs to
+# it would mix two layouts in one folder. The message names the bnexp that wrote it instead.
 def check_format(path: Path) -> None:
     """Raise ResultsError when `path` exists but was written in another results format."""
     if not path.exists():
@@ -227,6 +411,10 @@ def check_format(path: Path) -> None:
     if not isinstance(record, dict):
         raise ResultsError(f"{path}: not a bnexp results file (unreadable JSON); use another --results folder "
                            "(nothing was changed)")
+    _check_record_format(path, record)
+
+
+def _check_record_format(path: Path, record: dict) -> None:
     found = record.get("format")
     if found != RESULTS_FORMAT:
         version = record.get("bnexp_version", "unknown")

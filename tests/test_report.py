@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bnexp import report, stats
+from bnexp import experiment, report, tables
 from bnexp.errors import ResultsError
 
 LR = "train.learning_rate"
@@ -118,7 +118,7 @@ def test_test_error_table_gives_mean_sd_and_status_counts(tmp_path):
         (0.1, "no_bn"): [None, None, 0.9], (0.1, "bn"): [0.05, 0.06, 0.07],
     })
     exp = report.load_experiment(path)
-    table = stats.test_error_table(exp.runs, exp.sweep_keys)
+    table = tables.test_error_table(exp.runs, exp.sweep_keys)
     assert list(table.arm) == ["no_bn", "bn", "no_bn", "bn"]
     first = row(table, **{LR: 0.001, "arm": "no_bn"})
     assert first.test_error_mean == pytest.approx(0.03, abs=1e-15)
@@ -136,7 +136,7 @@ def test_paired_difference_matches_a_hand_calculation(tmp_path):
     ref, bn = [0.020, 0.031, 0.042, 0.025], [0.010, 0.012, 0.045, 0.011]
     path = lr_sweep(tmp_path, {(0.001, "no_bn"): ref, (0.001, "bn"): bn})
     exp = report.load_experiment(path)
-    paired = row(stats.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
+    paired = row(tables.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
     diffs = np.array(bn) - np.array(ref)
     n, mean, sd = len(diffs), diffs.mean(), diffs.std(ddof=1)
     half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
@@ -153,7 +153,7 @@ def test_paired_difference_matches_a_hand_calculation(tmp_path):
 def test_one_seed_gives_no_interval_and_says_so(tmp_path):
     path = lr_sweep(tmp_path, {(0.001, "no_bn"): [0.03], (0.001, "bn"): [0.01]})
     exp = report.load_experiment(path)
-    paired = row(stats.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
+    paired = row(tables.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
     assert paired.diff_mean == pytest.approx(-0.02)
     assert math.isnan(paired.ci_low) and math.isnan(paired.ci_high) and math.isnan(paired.p_value)
     assert paired.note == "one seed: no interval or test"
@@ -167,7 +167,7 @@ def test_one_seed_gives_no_interval_and_says_so(tmp_path):
 def test_diverged_partner_counts_as_a_loss_and_leaves_the_interval(tmp_path):
     path = lr_sweep(tmp_path, {(0.1, "no_bn"): [None, 0.05, 0.06], (0.1, "bn"): [0.04, 0.04, 0.07]})
     exp = report.load_experiment(path)
-    paired = row(stats.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
+    paired = row(tables.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
     assert paired.pairs == 2
     assert paired.diff_mean == pytest.approx(0.0)
     assert (paired.wins, paired.decided) == (2, 3)
@@ -177,7 +177,7 @@ def test_diverged_partner_counts_as_a_loss_and_leaves_the_interval(tmp_path):
 def test_identical_differences_give_a_zero_width_interval_and_no_test(tmp_path):
     path = lr_sweep(tmp_path, {(0.01, "no_bn"): [0.25, 0.5], (0.01, "bn"): [0.125, 0.375]})
     exp = report.load_experiment(path)
-    paired = row(stats.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
+    paired = row(tables.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
     assert (paired.ci_low, paired.ci_high) == (-0.125, -0.125)
     assert math.isnan(paired.p_value)
     assert paired.note == "same difference in every seed: no test"
@@ -195,13 +195,13 @@ def test_steps_to_a_loss_target_use_the_step_log_and_give_the_speedup(tmp_path):
         writer.run("bn", seed, history=epochs([0.6] * 4, loss=[0.5, 0.4, 0.3, 0.2], step_losses=bn_log),
                    result=completed(0.2, epochs_run=4))
     exp = report.load_experiment(writer.plan())
-    target = stats.resolve_target(exp.runs, exp.history, [], "no_bn", "loss", 0.5)
-    per_run = stats.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
+    target = tables.resolve_target(exp.runs, exp.history, [], "no_bn", "loss", 0.5)
+    per_run = tables.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
     assert set(per_run[per_run.arm == "no_bn"].step) == {350.0}
     assert set(per_run[per_run.arm == "no_bn"].epoch) == {4.0}
     assert set(per_run[per_run.arm == "bn"].step) == {70.0}
     assert set(per_run[per_run.arm == "bn"].epoch) == {1.0}
-    table = stats.steps_table(exp.runs, per_run, [], exp.arms, "no_bn")
+    table = tables.steps_table(exp.runs, per_run, [], exp.arms, "no_bn")
     assert row(table, arm="bn").speedup == 5.0
     assert math.isnan(row(table, arm="no_bn").speedup)
     section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "loss", 0.5)
@@ -216,12 +216,12 @@ def test_default_target_is_90_percent_of_the_references_best_validation_accuracy
         writer.run("bn", seed, {LR: 0.001}, epochs([0.9, 0.95, 0.97]), completed(0.03))
         writer.run("bn", seed, {LR: 0.1}, epochs([0.5, 0.8, 0.9]), completed(0.1))
     exp = report.load_experiment(writer.plan())
-    target = stats.resolve_target(exp.runs, exp.history, exp.sweep_keys, "no_bn", None, None)
+    target = tables.resolve_target(exp.runs, exp.history, exp.sweep_keys, "no_bn", None, None)
     assert target.metric == "val_accuracy"
     assert target.value == pytest.approx(0.9 * 0.95)
     assert target.how == "90% of no_bn's best mean final val_accuracy, 0.95 at learning_rate=0.001"
-    per_run = stats.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
-    table = stats.steps_table(exp.runs, per_run, exp.sweep_keys, exp.arms, "no_bn")
+    per_run = tables.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
+    table = tables.steps_table(exp.runs, per_run, exp.sweep_keys, exp.arms, "no_bn")
     ref = row(table, **{LR: 0.001, "arm": "no_bn"})
     assert (ref.reached, ref.step_mean, ref.epoch_mean) == (2, 300.0, 3.0)
     fast = row(table, **{LR: 0.001, "arm": "bn"})
@@ -247,12 +247,12 @@ def test_stability_flags_divergence_chance_and_the_largest_learning_rate_that_tr
             else:
                 writer.run("no_bn", seed, {LR: 0.1, ACT: act}, epochs([0.2, 0.96]), completed(0.04))
     exp = report.load_experiment(writer.plan())
-    table = stats.stability_table(exp.runs, exp.sweep_keys)
+    table = tables.stability_table(exp.runs, exp.sweep_keys)
     sig = row(table, **{LR: 0.01, ACT: "sigmoid", "arm": "no_bn"})
     assert (sig.finished, sig.diverged, sig.stuck_at_chance, sig.trained) == (2, 0, 2, 0)
     high = row(table, **{LR: 0.1, ACT: "relu", "arm": "no_bn"})
     assert (high.diverged, high.diverged_epochs, high.stuck_at_chance, high.trained) == (1, "2", 0, 1)
-    largest = stats.largest_lr_table(exp.runs, exp.sweep_keys)
+    largest = tables.largest_lr_table(exp.runs, exp.sweep_keys)
     assert row(largest, **{ACT: "sigmoid", "arm": "no_bn"}).largest_lr_that_trains == 0.001
     assert row(largest, **{ACT: "sigmoid", "arm": "no_bn"}).smallest_lr_that_fails == 0.01
     assert row(largest, **{ACT: "relu", "arm": "no_bn"}).largest_lr_that_trains == 0.01
@@ -261,9 +261,9 @@ def test_stability_flags_divergence_chance_and_the_largest_learning_rate_that_tr
 
 
 def test_chance_threshold_is_chance_plus_the_smaller_of_5_points_and_half_of_chance():
-    assert report.chance_threshold(10) == pytest.approx(0.15)
-    assert report.chance_threshold(2) == pytest.approx(0.55)
-    assert report.chance_threshold(99) == pytest.approx(1.5 / 99)
+    assert experiment.chance_threshold(10) == pytest.approx(0.15)
+    assert experiment.chance_threshold(2) == pytest.approx(0.55)
+    assert experiment.chance_threshold(99) == pytest.approx(1.5 / 99)
 
 
 def test_parameter_counts_per_arm_and_the_difference_to_the_reference(tmp_path):
@@ -272,7 +272,7 @@ def test_parameter_counts_per_arm_and_the_difference_to_the_reference(tmp_path):
         writer.run("no_bn", seed, history=epochs([0.9]), result=completed(0.1, trainable=38250))
         writer.run("bn", seed, history=epochs([0.9]), result=completed(0.1, trainable=38762, non_trainable=512))
     exp = report.load_experiment(writer.plan())
-    table = stats.parameter_table(exp.runs, [], "no_bn")
+    table = tables.parameter_table(exp.runs, [], "no_bn")
     assert table.to_dict("records") == [
         {"arm": "no_bn", "runs": 2, "trainable": 38250, "non_trainable": 0, "total": 38250,
          "trainable_vs_reference": 0},
@@ -288,7 +288,7 @@ def test_parameter_counts_that_vary_with_the_sweep_get_a_row_per_point(tmp_path)
         writer.run("bn", 0, {"model.dense": width}, epochs([0.9]),
                    completed(0.1, trainable=params + 2 * width, non_trainable=2 * width))
     exp = report.load_experiment(writer.plan())
-    table = stats.parameter_table(exp.runs, exp.sweep_keys, "no_bn")
+    table = tables.parameter_table(exp.runs, exp.sweep_keys, "no_bn")
     assert table[["model.dense", "arm", "trainable", "trainable_vs_reference"]].values.tolist() == [
         [64, "no_bn", 1000, 0], [64, "bn", 1128, 128], [128, "no_bn", 2000, 0], [128, "bn", 2256, 256]]
 
@@ -391,7 +391,7 @@ def test_an_explicit_target_metric_nobody_logged_is_reported_as_such(tmp_path):
     section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_loss", 0.4)
     assert section.notes == ["No run logged val_loss: every run shows as not reached."]
     assert list(section.tables[0].raw.reached) == [0]
-    default = stats.resolve_target(exp.runs, exp.history, [], "no_bn", None, None)
+    default = tables.resolve_target(exp.runs, exp.history, [], "no_bn", None, None)
     assert (default.metric, default.value) == ("accuracy", pytest.approx(0.81))
 
 
@@ -401,8 +401,8 @@ def test_summary_states_the_interval_whether_it_excludes_zero_and_the_wins(tmp_p
         writer.run("no_bn", seed, history=epochs([0.9]), result=completed(ref))
         writer.run("bn", seed, history=epochs([0.9]), result=completed(bn))
     exp = report.load_experiment(writer.plan())
-    paired = stats.paired_table(exp.runs, [], exp.arms, "no_bn")
-    summary = report._summary_section(exp, paired, stats.stability_table(exp.runs, []))
+    paired = tables.paired_table(exp.runs, [], exp.arms, "no_bn")
+    summary = report._summary_section(exp, paired, tables.stability_table(exp.runs, []))
     assert summary.bullets == [
         "bn vs no_bn: mean test-error difference -1.67 pp, 95% CI [-3.10, -0.23] pp (excludes 0), "
         "paired t-test p = 0.038; bn won 3 of 3 seeds.",

@@ -7,7 +7,7 @@ import re
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from bnexp import plots, report, stats
+from bnexp import plots, report, tables
 from test_report import ACT, LR, ExperimentWriter, completed, epochs
 
 DROPOUT_ARMS = ["baseline", "dropout_before_pool", "dropout_after_pool", "bn", "bn_dropout"]
@@ -76,7 +76,7 @@ def test_the_heatmap_names_the_arms_compared_and_keeps_its_text_inside(tmp_path)
                 writer.run("baseline", seed, {LR: lr, ACT: act}, epochs([0.8]), completed(0.1 + seed / 100))
                 writer.run("dropout_before_pool", seed, {LR: lr, ACT: act}, epochs([0.8]), completed(0.08))
     exp = report.load_experiment(writer.plan())
-    paired = stats.paired_table(exp.runs, exp.sweep_keys, exp.arms, "baseline")
+    paired = tables.paired_table(exp.runs, exp.sweep_keys, exp.arms, "baseline")
     figure = drawn(plots.plot_advantage(paired, LR, ACT, "dropout_before_pool", "baseline"))
     title = figure.get_suptitle()
     assert title == "dropout_before_pool vs baseline: mean paired test-error difference"
@@ -88,9 +88,9 @@ def test_the_heatmap_names_the_arms_compared_and_keeps_its_text_inside(tmp_path)
 
 def test_steps_legend_lists_every_arm_beside_the_bars(one_epoch_dropout):
     exp = one_epoch_dropout
-    target = stats.resolve_target(exp.runs, exp.history, [], "baseline", "val_accuracy", 0.6)
-    per_run = stats.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
-    table = stats.steps_table(exp.runs, per_run, [], exp.arms, "baseline")
+    target = tables.resolve_target(exp.runs, exp.history, [], "baseline", "val_accuracy", 0.6)
+    per_run = tables.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
+    table = tables.steps_table(exp.runs, per_run, [], exp.arms, "baseline")
     figure, _ = plots.plot_steps(table, [], exp.arms, plots.arm_colours(exp.arms, "baseline"), target.describe())
     drawn(figure)
     (ax,) = figure.axes

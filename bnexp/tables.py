@@ -1,31 +1,31 @@
-"""Report tables computed from loaded runs: pandas frames holding full-precision numbers.
+"""The report's tables: computed from loaded runs as pandas frames holding full-precision numbers
+(the CSV files), and the cell formatting that turns them into the tables on the page.
 
-Every function takes the frames `bnexp.report.load_experiment` builds (one row per run, one row
-per run and epoch, one row per logged step) and returns one table; formatting for the page is
-the reporter's job. Error rates and accuracies stay fractions here, as in result.json.
+Every table function takes the frames `bnexp.experiment.load_experiment` builds (one row per run,
+one row per run and epoch, one row per logged step) and returns one table. Error rates and
+accuracies stay fractions there, as in result.json; the cell formatters below make them
+percentages, with the units in the column headers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from bnexp.experiment import final_values, is_number
+from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, is_accuracy
+from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, UNFINISHED
+
 CONFIDENCE = 0.95
 LEARNING_RATE_KEY = "train.learning_rate"
 # Steps-to-target defaults: a level every arm can be expected to reach, derived from the
 # reference arm's best sweep point, so the table asks "how soon", not "whether".
-DEFAULT_TARGET_METRIC = "val_accuracy"
 DEFAULT_ACCURACY_FRACTION = 0.9
 DEFAULT_LOSS_FACTOR = 1.1
-TARGET_METRICS = ("val_accuracy", "accuracy", "loss", "val_loss")
-
-
-def is_number(value) -> bool:
-    """True for ints and floats (numpy's too), False for bools, text and everything else."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _point_columns(group: pd.DataFrame, keys: list[str]) -> dict:
@@ -39,20 +39,21 @@ def _by_point_and_arm(runs: pd.DataFrame):
 
 
 def test_error_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Test error (mean, sd over completed runs), final accuracies, epochs and status counts."""
+    """Test error (mean, sd over completed runs), final accuracies, epochs and status counts;
+    `incomplete` counts the runs without a result yet, running or interrupted."""
     rows = []
     for _, group in _by_point_and_arm(runs):
-        completed = group[group.status == "completed"]
-        finished = group[group.status.isin(("completed", "diverged"))]
+        completed = group[group.status == COMPLETED]
+        finished = group[group.status.isin(FINAL_STATUSES)]
         errors = completed.test_error.dropna()
         rows.append({
             **_point_columns(group, keys),
             "arm": group.arm.iloc[0],
             "runs": len(group),
-            "completed": int((group.status == "completed").sum()),
-            "diverged": int((group.status == "diverged").sum()),
-            "failed": int((group.status == "failed").sum()),
-            "incomplete": int((group.status == "incomplete").sum()),
+            COMPLETED: int((group.status == COMPLETED).sum()),
+            DIVERGED: int((group.status == DIVERGED).sum()),
+            FAILED: int((group.status == FAILED).sum()),
+            "incomplete": int(group.status.isin(UNFINISHED).sum()),
             "n": len(errors),
             "test_error_mean": errors.mean(),
             "test_error_sd": errors.std(ddof=1),
@@ -111,20 +112,20 @@ def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference
                     unpaired += 1
                     continue
                 a, r = other.loc[seed], ref.loc[seed]
-                if a.status == "completed" and r.status == "completed" and pd.notna(a.test_error) \
+                if a.status == COMPLETED and r.status == COMPLETED and pd.notna(a.test_error) \
                         and pd.notna(r.test_error):
                     arm_err.append(a.test_error)
                     ref_err.append(r.test_error)
                     decided += 1
                     wins += int(a.test_error < r.test_error)
-                elif a.status == "completed" and r.status == "diverged":
+                elif a.status == COMPLETED and r.status == DIVERGED:
                     ref_diverged += 1
                     decided += 1
                     wins += 1
-                elif a.status == "diverged" and r.status == "completed":
+                elif a.status == DIVERGED and r.status == COMPLETED:
                     arm_diverged += 1
                     decided += 1
-                elif a.status == "diverged" and r.status == "diverged":
+                elif a.status == DIVERGED and r.status == DIVERGED:
                     both_diverged += 1
                 else:
                     unpaired += 1
@@ -184,16 +185,11 @@ class Target:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric.endswith("accuracy")
+        return is_accuracy(self.metric)
 
     def describe(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
         return f"{self.metric} {sign} {self.value:.4g}"
-
-
-def final_values(history: pd.DataFrame) -> pd.DataFrame:
-    """The last logged epoch of each run, indexed by run id."""
-    return history.sort_values(["run_id", "epoch"]).groupby("run_id").tail(1).set_index("run_id")
 
 
 def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], reference: str,
@@ -206,8 +202,8 @@ def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], r
     """
     if metric is None:
         metric = DEFAULT_TARGET_METRIC
-        if "val_accuracy" not in history or history.val_accuracy.isna().all():
-            metric = "accuracy"
+        if VAL_ACCURACY not in history or history[VAL_ACCURACY].isna().all():
+            metric = ACCURACY
     if metric not in TARGET_METRICS:
         raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
     if value is not None:
@@ -215,12 +211,12 @@ def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], r
     if metric not in history:
         return None
     final = final_values(history)
-    done = runs[(runs.arm == reference) & (runs.status == "completed")]
+    done = runs[(runs.arm == reference) & (runs.status == COMPLETED)]
     done = done.assign(final=final[metric].reindex(done.run_id).to_numpy()).dropna(subset=["final"])
     if done.empty:
         return None
     means = done.groupby("point_id").final.mean()
-    higher = metric.endswith("accuracy")
+    higher = is_accuracy(metric)
     best_point = means.idxmax() if higher else means.idxmin()
     best = means.loc[best_point]
     where = done[done.point_id == best_point].iloc[0]
@@ -258,7 +254,7 @@ def steps_per_run(runs: pd.DataFrame, history: pd.DataFrame, step_losses: pd.Dat
         step = np.nan
         if target.metric in epochs:
             step = _first_reached(epochs[target.metric], epochs.step, target)
-        if target.metric == "loss" and run.run_id in fine_ids:
+        if target.metric == LOSS and run.run_id in fine_ids:
             per_step = fine.get_group(run.run_id)
             step = np.nanmin([step, _first_reached(per_step.loss, per_step.step, target)])
         epoch = np.nan
@@ -291,7 +287,7 @@ def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms
                 **_point_columns(point, keys), "arm": arm, "runs": len(group), "reached": len(reached),
                 "step_mean": reached.step.mean(), "step_min": reached.step.min(),
                 "step_max": reached.step.max(), "epoch_mean": reached.epoch.mean(),
-                "diverged_later": int((reached.status == "diverged").sum()),
+                "diverged_later": int((reached.status == DIVERGED).sum()),
             })
         means = {row["arm"]: row["step_mean"] for row in point_rows}
         ref_mean = means.get(reference, np.nan)
@@ -313,14 +309,14 @@ def stability_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per sweep point and arm: finished runs, diverged runs (and when), runs stuck at chance."""
     rows = []
     for _, group in _by_point_and_arm(runs):
-        finished = group[group.status.isin(("completed", "diverged"))]
-        diverged = finished[finished.status == "diverged"]
+        finished = group[group.status.isin(FINAL_STATUSES)]
+        diverged = finished[finished.status == DIVERGED]
         epochs = ", ".join(str(int(e)) for e in diverged.diverged_epoch.dropna().sort_values())
         rows.append({
             **_point_columns(group, keys), "arm": group.arm.iloc[0], "finished": len(finished),
             "diverged": len(diverged), "diverged_epochs": epochs,
             "stuck_at_chance": int(finished.stuck.sum()),
-            "chance_unknown": int(finished[finished.status == "completed"].chance_threshold.isna().sum()),
+            "chance_unknown": int(finished[finished.status == COMPLETED].chance_threshold.isna().sum()),
             "trained": int(finished.trained.sum()),
         })
     return pd.DataFrame(rows)
@@ -332,7 +328,7 @@ def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if LEARNING_RATE_KEY not in keys:
         return pd.DataFrame()
     others = [key for key in keys if key != LEARNING_RATE_KEY]
-    finished = runs[runs.status.isin(("completed", "diverged")) & runs[LEARNING_RATE_KEY].map(is_number)]
+    finished = runs[runs.status.isin(FINAL_STATUSES) & runs[LEARNING_RATE_KEY].map(is_number)]
     if finished.empty:
         return pd.DataFrame()
     rows = []
@@ -348,3 +344,57 @@ def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "smallest_lr_that_fails": bad.min() if len(bad) else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+# --- cells for the page: text, with the units in the column headers --------------------------
+# Sweep values are written here as labels (0.001, relu); config.format_value writes them for error
+# messages instead (repr: 'relu' quoted, mappings as YAML), so the two differ on purpose.
+
+def value_label(value) -> str:
+    """A sweep value as written in labels and cells: numbers in short form, anything else as text."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_key(key: str) -> str:
+    """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
+    return key.rsplit(".", 1)[-1]
+
+
+def point_label(values: dict) -> str:
+    """`learning_rate=0.01, activation=relu` for a sweep point given as {key: value}."""
+    return ", ".join(f"{short_key(key)}={value_label(value)}" for key, value in values.items())
+
+
+def fmt(value, spec: str, scale: float = 1.0, empty: str = "–") -> str:
+    """`value * scale` in format `spec`; `empty` for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return empty
+    return format(value * scale, spec)
+
+
+def pct(value) -> str:
+    """A fraction as a percentage (the header says %)."""
+    return fmt(value, ".2f", 100)
+
+
+def pp(value) -> str:
+    """A difference of fractions in signed percentage points."""
+    return fmt(value, "+.2f", 100)
+
+
+def p_value_text(value) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def count(value) -> str:
+    return fmt(value, ",.0f")
+
+
+def key_columns(table: pd.DataFrame, keys: list[str]) -> dict:
+    """The sweep values as columns named by their full dotted key: `model.dropout.rate` and
+    `train.rate` would both be `rate`."""
+    return {key: table[key].map(value_label) for key in keys}

@@ -1,0 +1,241 @@
+"""An experiment's results as pandas frames: `load_experiment(path)` reads what `bnexp run` wrote
+(through bnexp.store's readers) into one row per run, one per run and epoch, one per logged step.
+
+The report's tables are built from these frames, and a notebook can use them directly. Never
+imports TensorFlow or Keras, so it stays fast and works while a sweep is running: runs still
+training, interrupted, failed or unreadable are listed, not dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnexp.data import builtin_num_classes
+from bnexp.errors import ResultsError
+from bnexp.metrics import EPOCH_METRICS
+from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, HISTORY, INCOMPLETE, NOT_STARTED, RESULT, RUNNING, SPEC,
+                         is_locked, read_experiment, read_history, read_result, read_spec)
+
+# A completed run is "stuck at chance" when its final accuracy is at most chance plus this
+# margin: 5 points, or half the chance rate when that is smaller (many classes).
+CHANCE_MARGIN = 0.05
+
+
+@dataclass
+class Experiment:
+    """One experiment's runs as read from disk: frames for the tables, and what went wrong."""
+
+    name: str
+    path: Path
+    sweep_keys: list[str]
+    arms: list[str]
+    reference_arm: str
+    seeds: list
+    planned: int
+    config_file: str | None
+    bnexp_version: str | None
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    step_losses: pd.DataFrame
+    missing: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_number(value) -> bool:
+    """True for ints and floats (numpy's too), False for bools, text and everything else."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _number(value) -> float:
+    """A float, or NaN for null, text and other non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _list(value) -> list:
+    """`value` if it is a list, else [] (a damaged file may hold anything)."""
+    return value if isinstance(value, list) else []
+
+
+def _point_value(value):
+    """A sweep value usable as a table cell and group key: lists and mappings become JSON."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def sort_key(value) -> tuple:
+    """Numbers in numeric order, then text, then missing values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (2, 0.0, "")
+    if is_number(value):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _num_classes(config: dict) -> int | None:
+    """Number of classes of a built-in dataset named in the run's config, for runs whose
+    result.json (which records `num_classes`) is not written yet."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return builtin_num_classes(str(data.get("dataset", "")))
+
+
+def chance_threshold(num_classes: float) -> float:
+    """Highest final accuracy that still counts as stuck at chance for `num_classes` classes."""
+    chance = 1 / num_classes
+    return chance + min(CHANCE_MARGIN, chance / 2)
+
+
+def _result_fields(result: dict) -> dict:
+    """The columns a run's result.json contributes to the runs table."""
+    fields = {"status": result["status"], "error": result.get("error")}
+    for name in ("epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
+                 "trainable_params", "non_trainable_params", "wall_seconds"):
+        fields[name] = _number(result.get(name))
+    if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
+        fields["test_error"] = 1 - fields["test_accuracy"]
+    given = result.get("num_classes")
+    if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
+        fields["num_classes"] = given
+    environment = result.get("environment") if isinstance(result.get("environment"), dict) else {}
+    backend = environment.get("backend")
+    version = environment.get(backend) if isinstance(backend, str) else None
+    fields.update(keras=environment.get("keras"), backend=f"{backend} {version}" if version else backend,
+                  device=environment.get("device"))
+    return fields
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read an experiment directory: experiment.json and every run folder in it.
+
+    A run folder with a missing or unreadable file is kept out of the tables and named in the
+    report's warnings or missing-runs table; a run without result.json is `running` while another
+    process holds its lock, else `incomplete` (interrupted). Only files in another results format
+    (store.check_format) and a directory that cannot be listed raise ResultsError.
+    """
+    path = Path(path)
+    warnings: list[str] = []
+    meta: dict = {}
+    try:
+        meta = read_experiment(path) or {}
+    except (OSError, ValueError) as error:
+        warnings.append(f"{EXPERIMENT} damaged ({error}); the plan was rebuilt from the run folders")
+    planned = meta.get("run_ids") if isinstance(meta.get("run_ids"), list) else None
+    try:
+        run_dirs = sorted(p for p in path.iterdir() if p.is_dir() and (p / SPEC).is_file())
+    except OSError as error:
+        raise ResultsError(f"{path}: cannot list the experiment folder ({error.strerror})") from None
+    if planned is not None:
+        stale = [p for p in run_dirs if p.name not in planned]
+        if stale:
+            warnings.append(f"{len(stale)} run folder(s) not in the current plan (experiment.json) were left out")
+        run_dirs = [p for p in run_dirs if p.name in planned]
+
+    records, history_rows, step_rows, missing = [], [], [], []
+    point_keys: list[str] = []
+    for run_dir in run_dirs:
+        try:
+            spec = read_spec(run_dir)
+        except (OSError, ValueError) as error:
+            missing.append({"run_id": run_dir.name, "status": DAMAGED, "detail": f"{SPEC}: {error}"})
+            continue
+        point = spec.get("point") or {}
+        point_keys.extend(k for k in point if k not in point_keys)
+        meta.setdefault("arms", spec.get("arms"))
+        meta.setdefault("reference_arm", spec.get("reference_arm"))
+        config = spec.get("config") if isinstance(spec.get("config"), dict) else {}
+        try:
+            result = read_result(run_dir)
+        except (OSError, ValueError) as error:
+            missing.append({"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
+                            "status": DAMAGED, "detail": f"{RESULT}: {error}"})
+            continue
+        record = {"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
+                  **{f"point:{k}": _point_value(v) for k, v in point.items()},
+                  "status": RUNNING if result is None and is_locked(run_dir) else INCOMPLETE,
+                  "error": None, "num_classes": _num_classes(config)}
+        if result is not None:
+            record.update(_result_fields(result))
+        records.append(record)
+        try:
+            epochs = read_history(run_dir / HISTORY)
+        except (OSError, ValueError) as error:
+            warnings.append(f"{run_dir.name}/{HISTORY} damaged ({error}): "
+                            "its curves and steps-to-target are left out")
+            epochs = []
+        for row in epochs:
+            history_rows.append({"run_id": run_dir.name, "epoch": row["epoch"], "step": _number(row.get("step")),
+                                 **{m: _number(row.get(m)) for m in EPOCH_METRICS if m in row}})
+            step_rows.extend((run_dir.name, _number(pair[0]), _number(pair[1]))
+                             for pair in _list(row.get("step_losses")) if isinstance(pair, list) and len(pair) == 2)
+    if planned is not None:
+        started = {p.name for p in run_dirs}
+        missing += [{"run_id": run_id, "status": NOT_STARTED, "detail": "no spec.json yet"}
+                    for run_id in planned if run_id not in started]
+
+    keys = [k for k in (meta.get("sweep_keys") or []) if isinstance(k, str)]
+    keys += [k for k in point_keys if k not in keys]
+    runs = pd.DataFrame(records)
+    arms = [str(a) for a in (meta.get("arms") or [])]
+    arms += [a for a in dict.fromkeys(runs.arm if not runs.empty else []) if a not in arms]
+    runs = _finish_runs(runs, keys, arms)
+    history = pd.DataFrame(history_rows, columns=["run_id", "epoch", "step", *EPOCH_METRICS])
+    if not runs.empty:
+        history = history.merge(runs[["run_id", "arm", "seed", "point_id"]], on="run_id")
+    runs = _add_final_values(runs, history)
+    seeds = meta.get("seeds") or (sorted(set(runs.seed)) if not runs.empty else [])
+    return Experiment(
+        name=str(meta.get("experiment") or path.name), path=path, sweep_keys=keys, arms=arms,
+        reference_arm=str(meta.get("reference_arm") or (arms[0] if arms else "")), seeds=list(seeds),
+        planned=len(planned) if planned is not None else len(records) + len(missing),
+        config_file=meta.get("config_file"), bnexp_version=meta.get("bnexp_version"),
+        runs=runs, history=history,
+        step_losses=pd.DataFrame(step_rows, columns=["run_id", "step", "loss"]),
+        missing=pd.DataFrame(missing, columns=["run_id", "arm", "seed", "status", "detail"]),
+        warnings=warnings,
+    )
+
+
+def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.DataFrame:
+    """Name the sweep-key columns, number the sweep points in sweep order, order the arms."""
+    columns = ["epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
+               "trainable_params", "non_trainable_params", "wall_seconds", "keras", "backend", "device"]
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id", "arm", "seed", *keys, "status", "point_id", "arm_order"])
+    runs = runs.reindex(columns=[*runs.columns, *(c for c in columns if c not in runs)])
+    for key in keys:
+        source = f"point:{key}"
+        runs[key] = runs.pop(source) if source in runs else None
+    points = list(runs[keys].itertuples(index=False, name=None)) if keys else [()] * len(runs)
+    order = sorted(set(points), key=lambda p: tuple(sort_key(v) for v in p))
+    ids = {point: i for i, point in enumerate(order)}
+    runs["point_id"] = [ids[p] for p in points]
+    runs["arm_order"] = runs.arm.map({arm: i for i, arm in enumerate(arms)})
+    return runs.sort_values(["point_id", "arm_order", "seed"], kind="stable").reset_index(drop=True)
+
+
+def final_values(history: pd.DataFrame) -> pd.DataFrame:
+    """The last logged epoch of each run, indexed by run id."""
+    return history.sort_values(["run_id", "epoch"]).groupby("run_id").tail(1).set_index("run_id")
+
+
+def _add_final_values(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """Final-epoch metrics per run, and the chance-level verdicts that depend on them."""
+    if runs.empty:
+        return runs
+    final = final_values(history).reindex(runs.run_id) if not history.empty else pd.DataFrame(index=runs.run_id)
+    for metric in EPOCH_METRICS:
+        runs[f"final_{metric}"] = final[metric].to_numpy() if metric in final else np.nan
+    classes = pd.to_numeric(runs.num_classes, errors="coerce")
+    runs["chance_threshold"] = [chance_threshold(k) if k >= 2 else np.nan for k in classes.fillna(0)]
+    accuracy = runs.final_val_accuracy.fillna(runs.test_accuracy)
+    runs["stuck"] = (runs.status == COMPLETED) & (accuracy <= runs.chance_threshold)
+    runs["trained"] = (runs.status == COMPLETED) & ~runs.stuck
+    return runs
