@@ -144,7 +144,7 @@ def report_time(folder: Path, runs: int = 200, epochs: int = 25) -> float:
     """`bnexp report` on `runs` hand-made finished runs: 10 learning rates x 2 arms x 10 seeds."""
     from bnexp.config import load_config
     from bnexp.runner import write_experiment
-    from bnexp.store import HISTORY, RESULT, SPEC, write_history, write_json
+    from bnexp.store import HISTORY, write_history, write_result, write_spec
     from bnexp.sweep import expand_runs
 
     config = folder / "report200.yaml"
@@ -161,7 +161,7 @@ def report_time(folder: Path, runs: int = 200, epochs: int = 25) -> float:
     rng = np.random.default_rng(0)
     for spec in specs:
         run_dir = results / spec.experiment / spec.run_id
-        write_json(run_dir / SPEC, spec.record())
+        write_spec(run_dir, spec.record())
         bonus = 0.01 if spec.arm == "bn" else 0.0
         history = []
         for epoch in range(1, epochs + 1):
@@ -172,7 +172,7 @@ def report_time(folder: Path, runs: int = 200, epochs: int = 25) -> float:
                             "step_losses": [[step, 1.0 / step] for step in range(50 * epoch, 192 * epoch, 50)]})
         write_history(run_dir / HISTORY, history)
         final = history[-1]["accuracy"]
-        write_json(run_dir / RESULT, {
+        write_result(run_dir, {
             "status": "completed", "epochs_run": epochs, "diverged_epoch": None, "error": None,
             "test_loss": 1 - final, "test_accuracy": final, "test_error": 1 - final,
             "trainable_params": 431242, "non_trainable_params": 1280, "wall_seconds": 400.0,

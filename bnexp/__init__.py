@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # RESULTS_FORMAT belongs to bnexp.store, the results layout's owner. runner and sweep still import
-    # it from here; loading it on demand keeps `import bnexp` (and `bnexp --help`) from loading the store.
+    # RESULTS_FORMAT belongs to bnexp.store, the results layout's owner, and is offered here to code
+    # that reads results; loading it on demand keeps `import bnexp` (and `bnexp --help`) from loading the store.
     if name == "RESULTS_FORMAT":
         from bnexp.store import RESULTS_FORMAT
 

@@ -139,7 +139,7 @@ def run(config, overrides, sweeps, results_dir, data_dir, quiet, tensorboard, de
     click.echo(summary.line())
     if summary.interrupted:
         sys.exit(130)
-    if summary.statuses.get("failed"):
+    if summary.failed:
         sys.exit(1)
 
 

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from bnexp.errors import ConfigError
+from bnexp.metrics import EPOCH_METRICS, VAL_LOSS
 from bnexp.presets import PRESETS
 
 DEFAULT_ARMS = {
@@ -153,7 +154,7 @@ class ModelConfig(Strict):
 
 
 class EarlyStoppingConfig(Strict):
-    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    monitor: Literal[EPOCH_METRICS] = VAL_LOSS
     patience: int = Field(10, ge=0)
     min_delta: float = Field(0.0, ge=0)
     restore_best_weights: bool = True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
-import json
 import multiprocessing
 import os
 import queue
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError, ConfigError
-from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, RunLocked, is_complete, run_lock, write_atomic
+from bnexp.store import RUNNING, RunLocked, is_complete, pack_run, run_dir, run_lock, unpack_run
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -47,16 +46,18 @@ class RunContext:
     on_epoch: Callable[[RunSpec, dict], None] | None = None
 
     def run_dir(self, spec: RunSpec) -> Path:
-        return self.results_dir / spec.experiment / spec.run_id
+        return run_dir(self.results_dir, spec.experiment, spec.run_id)
 
 
 Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
 
 
+# Not a run's status but what a sweep makes of a run found complete when its turn came.
+SKIPPED = "skipped"
 # Records for runs this process did not train; never written to disk.
 NOT_TRAINED = {
-    "running": "another bnexp process is training it",
-    "skipped": "another bnexp process completed it",
+    RUNNING: "another bnexp process is training it",
+    SKIPPED: "another bnexp process completed it",
 }
 
 
@@ -75,9 +76,9 @@ def claim_run(run_dir: Path) -> Iterator[dict | None]:
     """
     try:
         with run_lock(run_dir, wait=LOCK_WAIT):
-            yield {"status": "skipped"} if is_complete(run_dir) else None
+            yield {"status": SKIPPED} if is_complete(run_dir) else None
     except RunLocked:
-        yield {"status": "running"}
+        yield {"status": RUNNING}
 
 
 def train_one(spec: RunSpec, context: RunContext) -> dict:
@@ -314,11 +315,9 @@ def run_ray(address: str | None = None, cpus_per_run: float | None = None, gpus_
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 spec, claim = pending.pop(ref)
                 with claim:
-                    files = ray.get(ref)
-                    for name, text in files.items():
-                        write_atomic(context.run_dir(spec) / name, text)
-                    (context.run_dir(spec) / CHECKPOINT).unlink(missing_ok=True)  # an earlier try's, now stale
-                yield spec, json.loads(files[RESULT])
+                    result, files = ray.get(ref)
+                    unpack_run(context.run_dir(spec), files)
+                yield spec, result
         finally:
             for ref, (_, claim) in pending.items():
                 ray.cancel(ref, force=True)
@@ -363,12 +362,10 @@ def _check_ray_resources(ray, cpus: float, gpus: float) -> None:
                      "node that has it")
 
 
-def _train_remote(spec: RunSpec, context: RunContext, threads: int) -> dict[str, str]:
-    """A Ray task: train `spec` in a scratch folder and return its files' contents by name."""
+def _train_remote(spec: RunSpec, context: RunContext, threads: int) -> tuple[dict, dict[str, str]]:
+    """A Ray task: train `spec` in a scratch folder; its result record and its records (store.pack_run)."""
     set_backend_threads(threads)
     with tempfile.TemporaryDirectory(prefix="bnexp-") as scratch:
         scratch_context = dataclasses.replace(context, results_dir=Path(scratch))
-        train_one(spec, scratch_context)
-        run_dir = scratch_context.run_dir(spec)
-        return {name: (run_dir / name).read_text() for name in (SPEC, HISTORY, RESULT)
-                if (run_dir / name).exists()}
+        result = train_one(spec, scratch_context)
+        return result, pack_run(scratch_context.run_dir(spec))

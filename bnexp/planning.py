@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from bnexp.config import ExperimentConfig, RunConfig, TrainConfig
-from bnexp.errors import ConfigError, DataError
-from bnexp.store import EXPERIMENT, read_json, run_status
+from bnexp.errors import ConfigError, DataError, ResultsError
+from bnexp.store import FINAL_STATUSES, PENDING, read_experiment, run_dir, run_status
 from bnexp.sweep import UNKNOWN_DATA, RunSpec, load_runs
 
 # Slot variables Keras' optimizers keep per trainable weight: what training holds beyond the weights
@@ -42,8 +42,11 @@ def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], res
                           config_file: Path) -> None:
     """ConfigError when the experiment's folder holds another config file's experiment with other runs:
     mixing them would report two experiments as one. The same file, edited, may add runs (a resumed sweep)."""
-    record = read_json(results_dir / experiment.name / EXPERIMENT)
-    if not isinstance(record, dict) or not isinstance(record.get("config_file"), str):
+    try:
+        record = read_experiment(results_dir / experiment.name)
+    except (OSError, ValueError, ResultsError):  # damaged, or in another format: check_results_dir refuses it
+        return
+    if record is None or not isinstance(record.get("config_file"), str):
         return
     previous = Path(record["config_file"])
     if previous.resolve() == config_file.resolve() or set(record.get("run_ids") or []) == {s.run_id for s in runs}:
@@ -76,12 +79,12 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
             "run id": spec.run_id,
             "trainable": trainable,
             "non-trainable": frozen,
-            "status": "pending" if spec.data_error else run_status(results_dir / spec.experiment / spec.run_id),
+            "status": PENDING if spec.data_error else run_status(run_dir(results_dir, spec.experiment, spec.run_id)),
         })
     table = pd.DataFrame(rows).to_string(index=False)
     points = len(runs) // (len(experiment.arms) * len(experiment.seeds))
     statuses = pd.Series([row["status"] for row in rows]).value_counts()
-    done = statuses.get("completed", 0) + statuses.get("diverged", 0)
+    done = sum(statuses.get(status, 0) for status in FINAL_STATUSES)
     totals = (f"{experiment.name}: {len(runs)} runs = {points} sweep point(s) x {len(experiment.arms)} arm(s) "
               f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
               f"(results in {results_dir / experiment.name})")

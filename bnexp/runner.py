@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from bnexp import RESULTS_FORMAT, __version__
+from bnexp import store
 from bnexp.config import ExperimentConfig
-from bnexp.executors import (NOT_TRAINED, Executor, RunContext, check_executor_options, check_tensorboard,
+from bnexp.executors import (NOT_TRAINED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
+from bnexp.metrics import EPOCH_METRICS
 from bnexp.planning import check_data, check_same_experiment
-from bnexp.store import EXPERIMENT, check_results_dir, is_complete, write_json
 from bnexp.sweep import RunSpec, load_runs
 
 
@@ -43,7 +43,7 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
     check_same_experiment(experiment, runs, results_dir, config_file)
     todo = pending_runs(runs, results_dir)
     with removed_if_refused(results_dir / experiment.name):
-        check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
+        store.check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
         check_data(todo, data_dir)
         # With nothing to train, no executor starts (nor connects to a Ray cluster).
         execute = make_executor(executor, workers, address, cpus_per_run, gpus_per_run) if todo else run_sequential
@@ -53,7 +53,7 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
 
 def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
     """The runs without a final record (never started, interrupted or failed)."""
-    return [spec for spec in runs if not is_complete(results_dir / spec.experiment / spec.run_id)]
+    return [spec for spec in runs if not store.is_complete(store.run_dir(results_dir, spec.experiment, spec.run_id))]
 
 
 @contextlib.contextmanager
@@ -72,18 +72,17 @@ def removed_if_refused(folder: Path) -> Iterator[None]:
 
 def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
                      config_file: str | Path) -> None:
-    write_json(results_dir / experiment.name / EXPERIMENT, {
-        "format": RESULTS_FORMAT,
-        "bnexp_version": __version__,
-        "experiment": experiment.name,
-        "description": experiment.description,
-        "config_file": str(Path(config_file).resolve()),  # absolute: check_same_experiment compares it from any folder
-        "sweep_keys": list(experiment.sweep),
-        "arms": list(experiment.arms),
-        "reference_arm": experiment.reference_arm,
-        "seeds": experiment.seeds,
-        "run_ids": [spec.run_id for spec in runs],
-    })
+    """Record the experiment as planned now in its experiment.json."""
+    store.write_experiment(results_dir / experiment.name, store.ExperimentRecord(
+        experiment=experiment.name,
+        description=experiment.description,
+        config_file=str(Path(config_file).resolve()),  # absolute: check_same_experiment compares it from any folder
+        sweep_keys=list(experiment.sweep),
+        arms=list(experiment.arms),
+        reference_arm=experiment.reference_arm,
+        seeds=experiment.seeds,
+        run_ids=[spec.run_id for spec in runs],
+    ))
 
 
 @dataclass
@@ -99,12 +98,17 @@ class SweepSummary:
         return self.total - self.skipped - self.elsewhere - sum(self.statuses.values())
 
     def add(self, result: dict) -> None:
-        if result["status"] == "skipped":
+        if result["status"] == SKIPPED:
             self.skipped += 1
-        elif result["status"] == "running":
+        elif result["status"] == store.RUNNING:
             self.elsewhere += 1
         else:
             self.statuses[result["status"]] += 1
+
+    @property
+    def failed(self) -> int:
+        """Runs this process trained that failed: the next `bnexp run` retries them."""
+        return self.statuses[store.FAILED]
 
     def line(self) -> str:
         done = ", ".join(f"{n} {status}" for status, n in sorted(self.statuses.items())) or "none trained"
@@ -170,15 +174,14 @@ class SweepProgress:
         elif not self.quiet:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / self.done * (self.total - self.done)
-            outcome = (f"test error {result['test_error']:.4f}" if result["status"] == "completed"
+            outcome = (f"test error {result['test_error']:.4f}" if result["status"] == store.COMPLETED
                        else result.get("error") or f"epoch {result.get('diverged_epoch')}")
             print(f"[{self.done}/{self.total}] {spec.run_id} {_point(spec)} {result['status']}: {outcome} "
                   f"({result['wall_seconds']:.1f}s, ETA {eta:.0f}s)", flush=True)
 
 
 def _metrics(record: dict) -> str:
-    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
-    return " ".join(f"{k} {record[k]:.4f}" for k in keys if record.get(k) is not None)
+    return " ".join(f"{k} {record[k]:.4f}" for k in EPOCH_METRICS if record.get(k) is not None)
 
 
 def _point(spec: RunSpec) -> str:

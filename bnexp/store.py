@@ -68,6 +68,7 @@ class SpecRecord(TypedDict, total=False):
     seed: int
     point: dict[str, Any]  # swept key -> value
     config: dict[str, Any]  # the RunConfig as JSON: data, model, train, seed
+    data_sha256: str | None  # content of the csv/npz file the run reads; None for a built-in dataset
 
 
 class HistoryRow(TypedDict, total=False):
@@ -184,8 +185,42 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
 
 
-def write_history(path: Path, epochs: list[dict]) -> None:
+def write_history(path: Path, epochs: list[HistoryRow]) -> None:
     write_atomic(path, "".join(json.dumps(_finite(e)) + "\n" for e in epochs))
+
+
+def write_experiment(folder: Path, record: ExperimentRecord) -> None:
+    """Write the experiment's experiment.json into its `folder`, stamped with the results format."""
+    write_json(folder / EXPERIMENT, _stamped(record))
+
+
+def write_spec(run_dir: Path, record: SpecRecord) -> None:
+    """Write the run's spec.json, stamped with the results format."""
+    write_json(run_dir / SPEC, _stamped(record))
+
+
+def write_result(run_dir: Path, record: ResultRecord) -> None:
+    """Write the run's result.json, which ends the run (is_complete, run_status)."""
+    write_json(run_dir / RESULT, record)
+
+
+def _stamped(record: dict) -> dict:
+    """`record` after the results format and the bnexp version that wrote it, which readers check first."""
+    return {"format": RESULTS_FORMAT, "bnexp_version": __version__, **record}
+
+
+def pack_run(run_dir: Path) -> dict[str, str]:
+    """A run's records by file name (no checkpoint or lock): a run trained in a scratch folder, as a
+    Ray task does, travels to its results folder as these (unpack_run)."""
+    return {name: (run_dir / name).read_text() for name in (SPEC, HISTORY, RESULT) if (run_dir / name).exists()}
+
+
+def unpack_run(run_dir: Path, files: dict[str, str]) -> None:
+    """Write the records pack_run took into `run_dir`, each atomically, and drop the checkpoint an
+    earlier, interrupted try left there: it belongs to no record now."""
+    for name, text in files.items():
+        write_atomic(run_dir / name, text)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> Any | None:

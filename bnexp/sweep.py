@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from bnexp import RESULTS_FORMAT, __version__
 from bnexp.config import DataConfig, ExperimentConfig, RunConfig, load_config
 from bnexp.errors import ConfigError, DataError
+from bnexp.store import SpecRecord
 
 # Ends a run id whose data file could not be read: `bnexp plan` lists such runs, `bnexp run` refuses them.
 UNKNOWN_DATA = "?"
@@ -37,21 +37,19 @@ class RunSpec:
     data_sha256: str | None = None  # content of the csv/npz file the run reads; None for a built-in dataset
     data_error: str | None = None  # why the file, and so the run id, is unknown (the id ends in UNKNOWN_DATA)
 
-    def record(self) -> dict[str, Any]:
-        """The spec.json content."""
-        return {
-            "format": RESULTS_FORMAT,
-            "bnexp_version": __version__,
-            "experiment": self.experiment,
-            "run_id": self.run_id,
-            "arm": self.arm,
-            "reference_arm": self.reference_arm,
-            "arms": list(self.arms),
-            "seed": self.seed,
-            "point": self.point,
-            "config": self.config.model_dump(mode="json"),
-            "data_sha256": self.data_sha256,
-        }
+    def record(self) -> SpecRecord:
+        """What spec.json holds (store.write_spec writes it)."""
+        return SpecRecord(
+            experiment=self.experiment,
+            run_id=self.run_id,
+            arm=self.arm,
+            reference_arm=self.reference_arm,
+            arms=list(self.arms),
+            seed=self.seed,
+            point=self.point,
+            config=self.config.model_dump(mode="json"),
+            data_sha256=self.data_sha256,
+        )
 
 
 def load_runs(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),

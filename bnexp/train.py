@@ -29,7 +29,9 @@ from bnexp.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from bnexp.data import load_dataset
 from bnexp.models import build_model, count_params
 from bnexp.errors import ResultsError
-from bnexp.store import CHECKPOINT, HISTORY, RESULT, SPEC, read_history, read_json, write_atomic, write_history, write_json
+from bnexp.metrics import ACCURACY, EPOCH_METRICS, LOSS, is_accuracy
+from bnexp.store import (CHECKPOINT, COMPLETED, DIVERGED, FAILED, HISTORY, HistoryRow, ResultRecord, read_history,
+                         read_spec, write_atomic, write_history, write_result, write_spec)
 from bnexp.sweep import RunSpec
 
 
@@ -46,25 +48,29 @@ def train_run(
     A NaN/inf loss ends the run as `diverged`; an exception ends it as `failed` with its
     message. Neither is raised: a sweep goes on past them. KeyboardInterrupt and ResultsError
     (the results folder cannot be written) are raised, leaving the run to resume from its last
-    checkpoint. The caller holds the run's lock (bnexp.runner.train_one).
+    checkpoint. The caller holds the run's lock (bnexp.executors.train_one).
     """
     started, started_at = time.perf_counter(), _now()
-    previous = read_json(run_dir / SPEC)
-    if not (isinstance(previous, dict) and previous.get("config") == spec.config.model_dump(mode="json")):
+    record = spec.record()
+    try:
+        resumable = read_spec(run_dir).get("config") == record["config"]
+    except (OSError, ValueError, ResultsError):  # no spec.json yet, or not one to trust
+        resumable = False
+    if not resumable:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # not this run's: never resume from it
-    write_json(run_dir / SPEC, spec.record())
-    history: list[dict] = []
-    result = {"status": "failed", "epochs_run": 0, "diverged_epoch": None, "error": None,
-              "test_loss": None, "test_accuracy": None, "test_error": None,
-              "trainable_params": None, "non_trainable_params": None, "num_classes": None,
-              "resumed_from_epoch": None}
+    write_spec(run_dir, record)
+    history: list[HistoryRow] = []
+    result = ResultRecord(status=FAILED, epochs_run=0, diverged_epoch=None, error=None,
+                          test_loss=None, test_accuracy=None, test_error=None,
+                          trainable_params=None, non_trainable_params=None, num_classes=None,
+                          resumed_from_epoch=None)
     try:
         _fit(spec.config, run_dir, data_dir, history, result, tensorboard,
              lambda record: on_epoch(spec, record) if on_epoch else None)
     except ResultsError:
         raise
     except Exception as exc:  # the run failed; the sweep goes on and the message is kept
-        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        result.update(status=FAILED, error=f"{type(exc).__name__}: {exc}")
     result.update(
         epochs_run=len(history),
         wall_seconds=round(time.perf_counter() - started, 3),
@@ -72,12 +78,13 @@ def train_run(
         finished_at=_now(),
         environment=environment(),
     )
-    write_json(run_dir / RESULT, result)
+    write_result(run_dir, result)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
-def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict, tensorboard: bool, on_epoch):
+def _fit(config: RunConfig, run_dir: Path, data_dir, history: list[HistoryRow], result: ResultRecord,
+         tensorboard: bool, on_epoch):
     train = config.train
     # Each run compiles a new model, which TensorFlow would report as "excessive retracing".
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -93,7 +100,7 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
         model.compile(
             optimizer=make_optimizer(train),
             loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
+            metrics=[ACCURACY],
             steps_per_execution=train.steps_per_execution,
         )
     else:
@@ -125,11 +132,11 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list, result: dict
               validation_data=(data.x_val, data.y_val), validation_batch_size=eval_batch, callbacks=callbacks,
               verbose=0)
     if divergence.epoch:
-        result.update(status="diverged", diverged_epoch=divergence.epoch)
+        result.update(status=DIVERGED, diverged_epoch=divergence.epoch)
         return
     test = model.evaluate(data.x_test, data.y_test, batch_size=eval_batch, verbose=0, return_dict=True)
-    result.update(status="completed", test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
-                  test_error=1.0 - float(test["accuracy"]))
+    result.update(status=COMPLETED, test_loss=float(test[LOSS]), test_accuracy=float(test[ACCURACY]),
+                  test_error=1.0 - float(test[ACCURACY]))
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -213,8 +220,8 @@ class StepLossLog(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
-        if step >= self.next_step and logs and "loss" in logs:
-            total = float(logs["loss"]) * (step - self.epoch_start)
+        if step >= self.next_step and logs and LOSS in logs:
+            total = float(logs[LOSS]) * (step - self.epoch_start)
             self.samples.append([step, (total - self.last_total) / (step - self.last_step)])
             self.last_step, self.last_total = step, total
             self.next_step = (step // self.every + 1) * self.every
@@ -223,7 +230,7 @@ class StepLossLog(keras.callbacks.Callback):
 class HistoryLog(keras.callbacks.Callback):
     """Appends each epoch's record to `history` and rewrites history.jsonl with it."""
 
-    def __init__(self, path: Path, history: list[dict], step_log: StepLossLog):
+    def __init__(self, path: Path, history: list[HistoryRow], step_log: StepLossLog):
         super().__init__()
         self.path, self.history, self.step_log = path, history, step_log
 
@@ -231,15 +238,14 @@ class HistoryLog(keras.callbacks.Callback):
         self.tic = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append({
-            "epoch": epoch + 1,
-            "step": int(self.model.optimizer.iterations),
-            **{key: None if logs.get(key) is None else float(logs[key])
-               for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
-            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            "epoch_seconds": round(time.perf_counter() - self.tic, 4),
-            "step_losses": self.step_log.samples,
-        })
+        self.history.append(HistoryRow(
+            epoch=epoch + 1,
+            step=int(self.model.optimizer.iterations),
+            **{key: None if logs.get(key) is None else float(logs[key]) for key in EPOCH_METRICS},
+            learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            epoch_seconds=round(time.perf_counter() - self.tic, 4),
+            step_losses=self.step_log.samples,
+        ))
         write_history(self.path, self.history)
 
 
@@ -250,7 +256,7 @@ class Divergence(keras.callbacks.TerminateOnNaN):
     epoch: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite(logs["loss"]):
+        if not math.isfinite(logs[LOSS]):
             self.epoch = epoch + 1
             self.model.stop_training = True
 
@@ -261,7 +267,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def __init__(self, rule: EarlyStoppingConfig):
         super().__init__(monitor=rule.monitor, min_delta=rule.min_delta, patience=rule.patience,
-                         mode="min" if "loss" in rule.monitor else "max",  # as the monitor's name says
+                         mode="max" if is_accuracy(rule.monitor) else "min",  # an accuracy rises, a loss falls
                          restore_best_weights=rule.restore_best_weights)
         self.resumed: tuple | None = None
 
@@ -306,7 +312,7 @@ class Checkpoint(keras.callbacks.Callback):
                     archive.writestr(self.BEST, weights.getvalue())
             write_atomic(self.path, path.read_bytes())
 
-    def restore(self, history: list[dict]) -> keras.Model | None:
+    def restore(self, history: list[HistoryRow]) -> keras.Model | None:
         """The compiled model saved after the last finished epoch, with `history` filled up to that
         epoch and the early stopping's state restored; None when there is nothing to resume from."""
         if not self.path.exists():

@@ -27,7 +27,7 @@ from bnexp.cli import main
 from bnexp.config import load_config
 from bnexp.executors import RunContext, train_one
 from bnexp.runner import write_experiment
-from bnexp.store import LOCK, run_lock, write_history, write_json
+from bnexp.store import LOCK, run_lock, write_history, write_json, write_spec
 from bnexp.sweep import expand_runs
 
 
@@ -61,7 +61,7 @@ def record_runs(config: Path, results: Path, outcomes: list[dict]) -> list[Path]
     write_experiment(experiment, runs, results, str(config))
     dirs = [results / experiment.name / spec.run_id for spec in runs]
     for spec, run_dir, result in zip(runs, dirs, outcomes):
-        write_json(run_dir / "spec.json", spec.record())
+        write_spec(run_dir, spec.record())
         write_history(run_dir / "history.jsonl", [{"epoch": 1, "loss": 0.5}])
         if result:
             write_json(run_dir / "result.json", result)
