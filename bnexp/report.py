@@ -92,14 +92,45 @@ def _paired_section(exp: Experiment) -> Section:
             return "no interval (1 seed)"
         return f"[{pp(row.ci_low)}, {pp(row.ci_high)}]"
 
+    def needed(row) -> str:
+        if row.pairs < 2:
+            return "–"
+        if row.ci_low > 0 or row.ci_high < 0:
+            return "already does"
+        if abs(row.diff_mean) <= tables.SAME_DIFFERENCE:
+            return "never (mean 0)"
+        return f"{row.seeds_needed:,.0f} seeds"
+
+    tested = int(raw.p_value.notna().sum())
+    if tested:
+        section.explanation += (
+            f" p (Holm) and p (BH) adjust the {tested} paired t-test p-value(s) of this table, over every sweep "
+            f"point and arm, by Holm's method (the chance of any false positive among them) and by "
+            f"Benjamini-Hochberg's (the expected share of false positives among those below 0.05).")
+    section.explanation += (
+        " Seeds for a CI without 0: how many seed pairs the 95% interval would need to exclude 0 if the "
+        "differences kept their observed mean and sd.")
     display = pd.DataFrame({
         **key_columns(raw, keys), "comparison": raw.arm + " − " + raw.reference,
         "pairs": raw.pairs.map(count), "mean diff. (pp)": raw.diff_mean.map(pp),
         "95% CI (pp)": [interval(row) for row in raw.itertuples()],
         "p (paired t-test)": raw.p_value.map(p_value_text),
+        "p (Holm)": raw.p_holm.map(p_value_text), "p (BH)": raw.p_bh.map(p_value_text),
+        "seeds for a CI without 0": [needed(row) for row in raw.itertuples()],
         "wins": [f"{w} of {d}" for w, d in zip(raw.wins, raw.decided)], "note": raw.note,
     })
     section.tables.append(Table("paired_difference", "Paired difference", raw, display))
+    if raw.ci_low.notna().any():  # dots alone (one seed per point) say no more than the table
+        colours = plots.arm_colours(exp.arms, ref)
+        figure, left_out = plots.plot_forest(raw, keys, colours, ref)
+        section.figures.append(Plot.of(
+            figure, "paired_difference_forest",
+            f"Forest plot: each arm's mean test-error difference from {ref} (dot) and its 95% confidence "
+            f"interval (line) at every sweep point, in percentage points; an interval that crosses the "
+            f"black line at 0 does not tell the arms apart."))
+        if left_out:
+            section.notes.append(f"The forest plot shows the first {plots.MAX_FOREST_ROWS} rows of the "
+                                 "table; the table has them all.")
     if len(keys) == 2:
         for arm in exp.arms:
             if arm != ref and (raw.arm == arm).any():
