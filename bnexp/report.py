@@ -19,7 +19,7 @@ from bnexp.errors import ResultsError
 from bnexp.experiment import CHANCE_MARGIN, Experiment, is_number, load_experiment, sort_key
 from bnexp.metrics import LOSS
 from bnexp.page import Plot, Section, Table, report_files, slug
-from bnexp.store import FAILED, FINAL_STATUSES, RUNNING, experiment_dirs, write_tree
+from bnexp.store import FINAL_STATUSES, experiment_dirs, write_tree
 from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, short_key, value_label
 
 REPORT_DIR = "report"
@@ -203,7 +203,7 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
         ],
         "note": raw.note,
     })
-    per_run_raw = per_run.drop(columns=["point_id", "arm_order"]).merge(exp.runs[["run_id", *keys]], on="run_id")
+    per_run_raw = tables.steps_runs_table(exp.runs, per_run, keys)
     section.tables.append(Table("steps_to_target", "Steps to target", raw, display))
     section.tables.append(Table("steps_to_target_runs", "Steps to target per run", per_run_raw, pd.DataFrame()))
     figure, left_out = plots.plot_steps(raw, keys, exp.arms, colours, target.describe())
@@ -265,23 +265,8 @@ def _parameters_section(exp: Experiment) -> Section:
     return section
 
 
-def _unfinished_detail(run) -> str:
-    """Why a run that started has no result in the tables."""
-    if run.status == FAILED:
-        return run.error if isinstance(run.error, str) else ""
-    if run.status == RUNNING:
-        return "another bnexp process holds its lock: still training"
-    return "spec.json but no result.json: interrupted; the next `bnexp run` resumes it"
-
-
 def _missing_section(exp: Experiment) -> Section:
-    unfinished = exp.runs[~exp.runs.status.isin(FINAL_STATUSES)]
-    rows = [{"run_id": run.run_id, "arm": run.arm, "seed": run.seed,
-             "point": point_label({k: run[k] for k in exp.sweep_keys}), "status": run.status,
-             "detail": _unfinished_detail(run)}
-            for _, run in unfinished.iterrows()]
-    raw = pd.concat([pd.DataFrame(rows, columns=["run_id", "arm", "seed", "point", "status", "detail"]),
-                     exp.missing.assign(point="")], ignore_index=True)
+    raw = tables.missing_table(exp.runs, exp.missing, exp.sweep_keys)
     section = Section("missing", "Missing and incomplete runs",
                       "Runs of the plan that are not in the tables above: failed, still running or "
                       "interrupted, not started, or damaged (a run file that cannot be read). `bnexp run` "
@@ -299,7 +284,7 @@ def _missing_section(exp: Experiment) -> Section:
 
 def _runs_section(exp: Experiment) -> Section:
     runs, keys = exp.runs, exp.sweep_keys
-    raw = runs.drop(columns=["point_id", "arm_order"])
+    raw = tables.runs_table(runs)
     display = pd.DataFrame({
         "run": runs.run_id, "arm": runs.arm, "seed": runs.seed.astype(str), **key_columns(runs, keys),
         "status": runs.status, "epochs": runs.epochs_run.map(count),

@@ -17,9 +17,9 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from bnexp.experiment import final_values, is_number
+from bnexp.experiment import Experiment, final_values, is_number
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, is_accuracy
-from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, UNFINISHED
+from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
 
 CONFIDENCE = 0.95
 LEARNING_RATE_KEY = "train.learning_rate"
@@ -385,6 +385,57 @@ def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "smallest_lr_that_fails": bad.min() if len(bad) else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+def steps_runs_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """steps_per_run with each run's sweep values, as tables/steps_to_target_runs.csv holds it."""
+    return per_run.drop(columns=["point_id", "arm_order"]).merge(runs[["run_id", *keys]], on="run_id")
+
+
+def _unfinished_detail(run) -> str:
+    """Why a run that started has no result in the tables."""
+    if run.status == FAILED:
+        return run.error if isinstance(run.error, str) else ""
+    if run.status == RUNNING:
+        return "another bnexp process holds its lock: still training"
+    return "spec.json but no result.json: interrupted; the next `bnexp run` resumes it"
+
+
+def missing_table(runs: pd.DataFrame, missing: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs of the plan not in the other tables: started but unfinished (failed, running,
+    interrupted), then those `load_experiment` could not read or that have not started."""
+    unfinished = runs[~runs.status.isin(FINAL_STATUSES)]
+    rows = [{"run_id": run.run_id, "arm": run.arm, "seed": run.seed,
+             "point": point_label({k: run[k] for k in keys}), "status": run.status,
+             "detail": _unfinished_detail(run)}
+            for _, run in unfinished.iterrows()]
+    return pd.concat([pd.DataFrame(rows, columns=["run_id", "arm", "seed", "point", "status", "detail"]),
+                      missing.assign(point="")], ignore_index=True)
+
+
+def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run, one row each, without the loader's internal ordering columns."""
+    return runs.drop(columns=["point_id", "arm_order"])
+
+
+def report_tables(exp: Experiment, target_metric: str | None = None,
+                  target_value: float | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of the report by its file name (tables/<name>.csv), full precision; a table
+    the report leaves out for lack of data is an empty frame here."""
+    keys, ref, runs = exp.sweep_keys, exp.reference_arm, exp.runs
+    target = resolve_target(runs, exp.history, keys, ref, target_metric, target_value)
+    per_run = steps_per_run(runs, exp.history, exp.step_losses, target) if target else pd.DataFrame()
+    return {
+        "test_error": test_error_table(runs, keys),
+        "paired_difference": paired_table(runs, keys, exp.arms, ref),
+        "steps_to_target": steps_table(runs, per_run, keys, exp.arms, ref),
+        "steps_to_target_runs": steps_runs_table(runs, per_run, keys) if not per_run.empty else pd.DataFrame(),
+        "stability": stability_table(runs, keys),
+        "largest_learning_rate": largest_lr_table(runs, keys),
+        "parameters": parameter_table(runs, keys, ref),
+        "missing": missing_table(runs, exp.missing, keys),
+        "runs": runs_table(runs),
+    }
 
 
 # --- cells for the page: text, with the units in the column headers --------------------------
