@@ -303,7 +303,7 @@ def plot_forest(paired: pd.DataFrame, keys: list[str], colours: dict[str, str], 
               for _, row in rows.iterrows()]
     numbers = [_forest_numbers(row) for row in rows.itertuples()]
     left = 0.3 + 0.075 * max(len(label) for label in labels)
-    right = 0.3 + 0.07 * max(len(text) for text in numbers)
+    right = 0.3 + 0.06 * max(len(text) for text in numbers)
     fig = Figure(figsize=(left + 4.5 + right, 0.32 * len(rows) + 1.3))
     _fixed_margins(fig, left=left, right=right, bottom=0.65, top=0.45)
     ax = fig.subplots()
@@ -333,5 +333,5 @@ def _forest_numbers(row) -> str:
         return "no pairs"
     mean = f"{row.diff_mean * 100:+.2f}"
     if np.isnan(row.ci_low):
-        return f"{mean} (1 seed)"
+        return f"{mean}, no CI (1 pair)"
     return f"{mean} [{row.ci_low * 100:+.2f}, {row.ci_high * 100:+.2f}]"

@@ -104,9 +104,9 @@ def _paired_section(exp: Experiment) -> Section:
     tested = int(raw.p_value.notna().sum())
     if tested:
         section.explanation += (
-            f" p (Holm) and p (BH) adjust the {tested} paired t-test p-value(s) of this table, over every sweep "
-            f"point and arm, by Holm's method (the chance of any false positive among them) and by "
-            f"Benjamini-Hochberg's (the expected share of false positives among those below 0.05).")
+            f" p (Holm) and p (BH) are the {tested} paired t-test p-value(s) of this table adjusted for testing "
+            f"every sweep point and arm at once: Holm's method bounds the chance of any false positive among "
+            f"them, Benjamini-Hochberg's the expected share of false positives among those called significant.")
     section.explanation += (
         " Seeds for a CI without 0: how many seed pairs the 95% interval would need to exclude 0 if the "
         "differences kept their observed mean and sd.")

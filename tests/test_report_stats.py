@@ -76,8 +76,8 @@ def test_paired_table_adjusts_over_the_sweep_and_says_how_many_seeds(tmp_path):
     csv = pd.read_csv(out / "tables" / "paired_difference.csv")
     assert list(csv.columns[csv.columns.get_loc("p_value"):][:3]) == ["p_value", "p_holm", "p_bh"]
     assert csv.seeds_needed.tolist()[::2] == [3, 18]
-    sentence = ("p (Holm) and p (BH) adjust the 3 paired t-test p-value(s) of this table, over every sweep point "
-                "and arm, by Holm's method")
+    sentence = ("p (Holm) and p (BH) are the 3 paired t-test p-value(s) of this table adjusted for testing every "
+                "sweep point and arm at once: Holm's method bounds")
     assert html.unescape((out / "index.html").read_text()).count(sentence) == 1
     assert (out / "report.md").read_text().count(sentence) == 1
 
