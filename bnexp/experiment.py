@@ -1,13 +1,15 @@
 """An experiment's results as pandas frames: `load_experiment(path)` reads what `bnexp run` wrote
 (through bnexp.store's readers) into one row per run, one per run and epoch, one per logged step.
 
-The report's tables are built from these frames, and a notebook can use them directly. Never
-imports TensorFlow or Keras, so it stays fast and works while a sweep is running: runs still
-training, interrupted, failed or unreadable are listed, not dropped.
+The report's tables are built from these frames, and a notebook can use them directly, tables
+included (`Experiment.tables`). Never imports TensorFlow or Keras, so it stays fast and works
+while a sweep is running: runs still training, interrupted, failed or unreadable are listed, not
+dropped.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -45,6 +47,14 @@ class Experiment:
     step_losses: pd.DataFrame
     missing: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The report's tables by file name (tables/<name>.csv), with its default steps-to-target
+        threshold; computed on first use."""
+        from bnexp.tables import report_tables  # bnexp.tables imports this module
+
+        return report_tables(self)
 
 
 def is_number(value) -> bool:
@@ -188,7 +198,7 @@ def load_experiment(path: Path) -> Experiment:
     runs = _finish_runs(runs, keys, arms)
     history = pd.DataFrame(history_rows, columns=["run_id", "epoch", "step", *EPOCH_METRICS])
     if not runs.empty:
-        history = history.merge(runs[["run_id", "arm", "seed", "point_id"]], on="run_id")
+        history = history.merge(runs[["run_id", "arm", "seed", *keys, "point_id"]], on="run_id")
     runs = _add_final_values(runs, history)
     seeds = meta.get("seeds") or (sorted(set(runs.seed)) if not runs.empty else [])
     return Experiment(
@@ -218,6 +228,9 @@ def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.Dat
     ids = {point: i for i, point in enumerate(order)}
     runs["point_id"] = [ids[p] for p in points]
     runs["arm_order"] = runs.arm.map({arm: i for i, arm in enumerate(arms)})
+    # What identifies a run first, as a notebook reader looks for it.
+    first = ["run_id", "arm", "seed", *keys]
+    runs = runs[[*first, *(c for c in runs.columns if c not in first)]]
     return runs.sort_values(["point_id", "arm_order", "seed"], kind="stable").reset_index(drop=True)
 
 

@@ -23,6 +23,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
 # Beyond a dozen panels a figure stops being readable; the caller notes what was left out.
 MAX_PANELS = 12
 MAX_BAR_GROUPS = 30
+MAX_FOREST_ROWS = 60
 # Curves with at most this many epochs get a marker per epoch: a one-epoch curve is a single point,
 # which a line alone does not draw.
 MARKED_EPOCHS = 25
@@ -287,3 +288,50 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
     if labelled:  # beside the axes: inside, it covered the bars
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig, left_out
+
+
+def plot_forest(paired: pd.DataFrame, keys: list[str], colours: dict[str, str], reference: str) -> tuple[Figure, int]:
+    """Forest plot of the paired table: a row per sweep point and arm, the mean paired test-error
+    difference (arm - reference) as a dot and its 95% interval as a line, zero marked, the
+    numbers written at the right. Returns the figure and how many rows were left out."""
+    left_out = max(0, len(paired) - MAX_FOREST_ROWS)
+    rows = paired.iloc[:MAX_FOREST_ROWS]
+    arms = list(dict.fromkeys(rows.arm))
+    # The arm is named when there are several, or when there is no sweep point to name.
+    labels = [", ".join(filter(None, [point_label({k: row[k] for k in keys}),
+                                       row["arm"] if len(arms) > 1 or not keys else ""]))
+              for _, row in rows.iterrows()]
+    numbers = [_forest_numbers(row) for row in rows.itertuples()]
+    left = 0.3 + 0.075 * max(len(label) for label in labels)
+    right = 0.3 + 0.06 * max(len(text) for text in numbers)
+    fig = Figure(figsize=(left + 4.5 + right, 0.32 * len(rows) + 1.3))
+    _fixed_margins(fig, left=left, right=right, bottom=0.65, top=0.45)
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    ax.axvline(0, color="black", lw=1)
+    for position, row, text in zip(y, rows.itertuples(), numbers):
+        colour = colours[row.arm]
+        if not np.isnan(row.ci_low):
+            ax.plot([row.ci_low * 100, row.ci_high * 100], [position] * 2, color=colour, lw=2, solid_capstyle="butt")
+        if not np.isnan(row.diff_mean):
+            ax.plot(row.diff_mean * 100, position, "o", color=colour, markersize=6)
+        ax.annotate(text, (1, position), xycoords=("axes fraction", "data"), xytext=(8, 0),
+                    textcoords="offset points", va="center", fontsize="small", color="#333")
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))
+    ax.set_xlabel(f"test error, arm − {reference} (pp); left of 0: arm better")
+    ax.grid(axis="x", alpha=0.3)
+    arm_names = " / ".join(arms) if len(arms) > 1 else arms[0]
+    ax.set_title(f"{arm_names} − {reference}: mean paired difference and 95% CI", fontsize="medium")
+    return fig, left_out
+
+
+def _forest_numbers(row) -> str:
+    """The figures beside a forest-plot row: mean [interval], or why there is no interval."""
+    if row.pairs == 0:
+        return "no pairs"
+    mean = f"{row.diff_mean * 100:+.2f}"
+    if np.isnan(row.ci_low):
+        return f"{mean}, no CI (1 pair)"
+    return f"{mean} [{row.ci_low * 100:+.2f}, {row.ci_high * 100:+.2f}]"

@@ -19,7 +19,7 @@ from bnexp.errors import ResultsError
 from bnexp.experiment import CHANCE_MARGIN, Experiment, is_number, load_experiment, sort_key
 from bnexp.metrics import LOSS
 from bnexp.page import Plot, Section, Table, report_files, slug
-from bnexp.store import FAILED, FINAL_STATUSES, RUNNING, experiment_dirs, write_tree
+from bnexp.store import FINAL_STATUSES, experiment_dirs, write_tree
 from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, short_key, value_label
 
 REPORT_DIR = "report"
@@ -92,14 +92,45 @@ def _paired_section(exp: Experiment) -> Section:
             return "no interval (1 seed)"
         return f"[{pp(row.ci_low)}, {pp(row.ci_high)}]"
 
+    def needed(row) -> str:
+        if row.pairs < 2:
+            return "–"
+        if row.ci_low > 0 or row.ci_high < 0:
+            return "already does"
+        if abs(row.diff_mean) <= tables.SAME_DIFFERENCE:
+            return "never (mean 0)"
+        return f"{row.seeds_needed:,.0f} seeds"
+
+    tested = int(raw.p_value.notna().sum())
+    if tested:
+        section.explanation += (
+            f" p (Holm) and p (BH) are the {tested} paired t-test p-value(s) of this table adjusted for testing "
+            f"every sweep point and arm at once: Holm's method bounds the chance of any false positive among "
+            f"them, Benjamini-Hochberg's the expected share of false positives among those called significant.")
+    section.explanation += (
+        " Seeds for a CI without 0: how many seed pairs the 95% interval would need to exclude 0 if the "
+        "differences kept their observed mean and sd.")
     display = pd.DataFrame({
         **key_columns(raw, keys), "comparison": raw.arm + " − " + raw.reference,
         "pairs": raw.pairs.map(count), "mean diff. (pp)": raw.diff_mean.map(pp),
         "95% CI (pp)": [interval(row) for row in raw.itertuples()],
         "p (paired t-test)": raw.p_value.map(p_value_text),
+        "p (Holm)": raw.p_holm.map(p_value_text), "p (BH)": raw.p_bh.map(p_value_text),
+        "seeds for a CI without 0": [needed(row) for row in raw.itertuples()],
         "wins": [f"{w} of {d}" for w, d in zip(raw.wins, raw.decided)], "note": raw.note,
     })
     section.tables.append(Table("paired_difference", "Paired difference", raw, display))
+    if raw.ci_low.notna().any():  # dots alone (one seed per point) say no more than the table
+        colours = plots.arm_colours(exp.arms, ref)
+        figure, left_out = plots.plot_forest(raw, keys, colours, ref)
+        section.figures.append(Plot.of(
+            figure, "paired_difference_forest",
+            f"Forest plot: each arm's mean test-error difference from {ref} (dot) and its 95% confidence "
+            f"interval (line) at every sweep point, in percentage points; an interval that crosses the "
+            f"black line at 0 does not tell the arms apart."))
+        if left_out:
+            section.notes.append(f"The forest plot shows the first {plots.MAX_FOREST_ROWS} rows of the "
+                                 "table; the table has them all.")
     if len(keys) == 2:
         for arm in exp.arms:
             if arm != ref and (raw.arm == arm).any():
@@ -172,7 +203,7 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
         ],
         "note": raw.note,
     })
-    per_run_raw = per_run.drop(columns=["point_id", "arm_order"]).merge(exp.runs[["run_id", *keys]], on="run_id")
+    per_run_raw = tables.steps_runs_table(exp.runs, per_run, keys)
     section.tables.append(Table("steps_to_target", "Steps to target", raw, display))
     section.tables.append(Table("steps_to_target_runs", "Steps to target per run", per_run_raw, pd.DataFrame()))
     figure, left_out = plots.plot_steps(raw, keys, exp.arms, colours, target.describe())
@@ -234,23 +265,8 @@ def _parameters_section(exp: Experiment) -> Section:
     return section
 
 
-def _unfinished_detail(run) -> str:
-    """Why a run that started has no result in the tables."""
-    if run.status == FAILED:
-        return run.error if isinstance(run.error, str) else ""
-    if run.status == RUNNING:
-        return "another bnexp process holds its lock: still training"
-    return "spec.json but no result.json: interrupted; the next `bnexp run` resumes it"
-
-
 def _missing_section(exp: Experiment) -> Section:
-    unfinished = exp.runs[~exp.runs.status.isin(FINAL_STATUSES)]
-    rows = [{"run_id": run.run_id, "arm": run.arm, "seed": run.seed,
-             "point": point_label({k: run[k] for k in exp.sweep_keys}), "status": run.status,
-             "detail": _unfinished_detail(run)}
-            for _, run in unfinished.iterrows()]
-    raw = pd.concat([pd.DataFrame(rows, columns=["run_id", "arm", "seed", "point", "status", "detail"]),
-                     exp.missing.assign(point="")], ignore_index=True)
+    raw = tables.missing_table(exp.runs, exp.missing, exp.sweep_keys)
     section = Section("missing", "Missing and incomplete runs",
                       "Runs of the plan that are not in the tables above: failed, still running or "
                       "interrupted, not started, or damaged (a run file that cannot be read). `bnexp run` "
@@ -268,7 +284,7 @@ def _missing_section(exp: Experiment) -> Section:
 
 def _runs_section(exp: Experiment) -> Section:
     runs, keys = exp.runs, exp.sweep_keys
-    raw = runs.drop(columns=["point_id", "arm_order"])
+    raw = tables.runs_table(runs)
     display = pd.DataFrame({
         "run": runs.run_id, "arm": runs.arm, "seed": runs.seed.astype(str), **key_columns(runs, keys),
         "status": runs.status, "epochs": runs.epochs_run.map(count),

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
-from bnexp.experiment import final_values, is_number
+from bnexp.experiment import Experiment, final_values, is_number
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, is_accuracy
-from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, UNFINISHED
+from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
 
 CONFIDENCE = 0.95
 LEARNING_RATE_KEY = "train.learning_rate"
@@ -26,6 +27,12 @@ LEARNING_RATE_KEY = "train.learning_rate"
 # reference arm's best sweep point, so the table asks "how soon", not "whether".
 DEFAULT_ACCURACY_FRACTION = 0.9
 DEFAULT_LOSS_FACTOR = 1.1
+# Corrections for testing every sweep point: statsmodels' method names, and the table column each fills.
+# Holm bounds the chance of any false positive among the tests; Benjamini-Hochberg the expected share of
+# false positives among those called significant (less strict, for wide sweeps).
+ADJUSTMENTS = {"p_holm": "holm", "p_bh": "fdr_bh"}
+# Test errors closer than this are float round-off of the same value (0.1 - 0.1 after averaging).
+SAME_DIFFERENCE = 1e-12
 
 
 def _point_columns(group: pd.DataFrame, keys: list[str]) -> dict:
@@ -69,7 +76,7 @@ def _paired_stats(arm_errors: np.ndarray, reference_errors: np.ndarray) -> dict:
     """Mean paired difference, t-based CI and paired t-test p-value; NaN where undefined."""
     diffs = arm_errors - reference_errors
     n = len(diffs)
-    out = {"pairs": n, "diff_mean": np.nan, "diff_sd": np.nan,
+    out = {"pairs": n, "diff_mean": np.nan, "diff_sd": np.nan, "seeds_needed": np.nan,
            "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
     if n == 0:
         return out
@@ -77,8 +84,9 @@ def _paired_stats(arm_errors: np.ndarray, reference_errors: np.ndarray) -> dict:
     if n == 1:
         return out
     out["diff_sd"] = diffs.std(ddof=1)
+    out["seeds_needed"] = seeds_needed(out["diff_mean"], out["diff_sd"])
     # Identical differences have no spread: the t statistic is undefined (scipy warns).
-    if np.allclose(diffs, diffs[0], rtol=0, atol=1e-12):
+    if np.allclose(diffs, diffs[0], rtol=0, atol=SAME_DIFFERENCE):
         out["ci_low"] = out["ci_high"] = out["diff_mean"]
         return out
     test = sps.ttest_rel(arm_errors, reference_errors)
@@ -87,12 +95,38 @@ def _paired_stats(arm_errors: np.ndarray, reference_errors: np.ndarray) -> dict:
     return out
 
 
+def seeds_needed(mean: float, sd: float) -> float:
+    """The fewest seed pairs whose 95% interval would exclude zero if the paired differences kept
+    this mean and sample sd: the smallest n >= 2 with t(0.975, n - 1) * sd / sqrt(n) < |mean|.
+    NaN when the mean is 0 (no number of seeds would do) or the sd is unknown."""
+    if np.isnan(sd) or abs(mean) <= SAME_DIFFERENCE:
+        return np.nan
+    quantile = (1 + CONFIDENCE) / 2
+    # The normal quantile is below every t quantile, so its n is a lower bound; t shrinks towards
+    # it as n grows, so a few steps up from there reach the answer.
+    n = max(2, math.ceil((sps.norm.ppf(quantile) * sd / abs(mean)) ** 2))
+    while sps.t.ppf(quantile, float(n - 1)) * sd / math.sqrt(n) >= abs(mean):
+        n += 1
+    return float(n)
+
+
+def adjust_p_values(p_values: pd.Series) -> pd.DataFrame:
+    """Each correction of ADJUSTMENTS over the p-values that exist (NaN, no test, stays NaN)."""
+    adjusted = pd.DataFrame(np.nan, index=p_values.index, columns=list(ADJUSTMENTS))
+    tested = p_values.dropna()
+    for column, method in ADJUSTMENTS.items():
+        if len(tested):
+            adjusted.loc[tested.index, column] = multipletests(tested.to_numpy(), method=method)[1]
+    return adjusted
+
+
 def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference: str) -> pd.DataFrame:
     """Each arm's test error minus the reference arm's, paired by seed within a sweep point.
 
     Only pairs where both runs completed enter the mean, interval and test. A pair where one
     run diverged and the other completed counts as a win for the completed one; both diverged
-    is a draw. `wins` counts the arm's wins, `decided` the pairs with a winner or a tie.
+    is a draw. `wins` counts the arm's wins, `decided` the pairs with a winner or a tie. The
+    p-values are also adjusted (ADJUSTMENTS) over the whole table: every sweep point and arm.
     """
     rows = []
     for _, group in runs.groupby("point_id", sort=True):
@@ -146,7 +180,14 @@ def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference
                 **_point_columns(group, keys), "arm": arm, "reference": reference, **stats,
                 "wins": wins, "decided": decided, "note": "; ".join(notes),
             })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    adjusted = adjust_p_values(table.p_value)
+    at = table.columns.get_loc("p_value") + 1
+    for offset, column in enumerate(adjusted):
+        table.insert(at + offset, column, adjusted[column])
+    return table
 
 
 def parameter_table(runs: pd.DataFrame, keys: list[str], reference: str) -> pd.DataFrame:
@@ -344,6 +385,57 @@ def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "smallest_lr_that_fails": bad.min() if len(bad) else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+def steps_runs_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """steps_per_run with each run's sweep values, as tables/steps_to_target_runs.csv holds it."""
+    return per_run.drop(columns=["point_id", "arm_order"]).merge(runs[["run_id", *keys]], on="run_id")
+
+
+def _unfinished_detail(run) -> str:
+    """Why a run that started has no result in the tables."""
+    if run.status == FAILED:
+        return run.error if isinstance(run.error, str) else ""
+    if run.status == RUNNING:
+        return "another bnexp process holds its lock: still training"
+    return "spec.json but no result.json: interrupted; the next `bnexp run` resumes it"
+
+
+def missing_table(runs: pd.DataFrame, missing: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs of the plan not in the other tables: started but unfinished (failed, running,
+    interrupted), then those `load_experiment` could not read or that have not started."""
+    unfinished = runs[~runs.status.isin(FINAL_STATUSES)]
+    rows = [{"run_id": run.run_id, "arm": run.arm, "seed": run.seed,
+             "point": point_label({k: run[k] for k in keys}), "status": run.status,
+             "detail": _unfinished_detail(run)}
+            for _, run in unfinished.iterrows()]
+    return pd.concat([pd.DataFrame(rows, columns=["run_id", "arm", "seed", "point", "status", "detail"]),
+                      missing.assign(point="")], ignore_index=True)
+
+
+def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run, one row each, without the loader's internal ordering columns."""
+    return runs.drop(columns=["point_id", "arm_order"])
+
+
+def report_tables(exp: Experiment, target_metric: str | None = None,
+                  target_value: float | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of the report by its file name (tables/<name>.csv), full precision; a table
+    the report leaves out for lack of data is an empty frame here."""
+    keys, ref, runs = exp.sweep_keys, exp.reference_arm, exp.runs
+    target = resolve_target(runs, exp.history, keys, ref, target_metric, target_value)
+    per_run = steps_per_run(runs, exp.history, exp.step_losses, target) if target else pd.DataFrame()
+    return {
+        "test_error": test_error_table(runs, keys),
+        "paired_difference": paired_table(runs, keys, exp.arms, ref),
+        "steps_to_target": steps_table(runs, per_run, keys, exp.arms, ref),
+        "steps_to_target_runs": steps_runs_table(runs, per_run, keys) if not per_run.empty else pd.DataFrame(),
+        "stability": stability_table(runs, keys),
+        "largest_learning_rate": largest_lr_table(runs, keys),
+        "parameters": parameter_table(runs, keys, ref),
+        "missing": missing_table(runs, exp.missing, keys),
+        "runs": runs_table(runs),
+    }
 
 
 # --- cells for the page: text, with the units in the column headers --------------------------

@@ -10,6 +10,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
 
 
 @pytest.fixture
@@ -52,3 +53,18 @@ def write_config(tmp_path, tiny_npz):
         return path
 
     return write
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Invoke `bnexp` in-process with a results folder under tmp_path."""
+
+    def invoke(*args):
+        # One worker trains in this process, so tests can patch what it calls.
+        own_executor = "--executor" in args or "-j" in args
+        workers = ["--workers", "1"] if args[0] == "run" and not own_executor else []
+        from bnexp.cli import main
+
+        return CliRunner().invoke(main, [*map(str, args), *workers, "--results", str(tmp_path / "results")])
+
+    return invoke

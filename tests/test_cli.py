@@ -10,14 +10,6 @@ from click.testing import CliRunner
 from bnexp.cli import main
 
 
-@pytest.fixture
-def cli(tmp_path):
-    def invoke(*args):
-        # One worker trains in this process, so tests can patch what it calls.
-        workers = ["--workers", "1"] if args[0] == "run" else []
-        return CliRunner().invoke(main, [*map(str, args), *workers, "--results", str(tmp_path / "results")])
-
-    return invoke
 
 
 def result_files(tmp_path, experiment="tiny"):

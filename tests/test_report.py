@@ -329,7 +329,7 @@ def test_report_folder_holds_a_self_contained_page_markdown_tables_and_plots(tmp
         "stability.csv", "largest_learning_rate.csv", "parameters.csv", "missing.csv", "runs.csv"}
     pngs = sorted(p.name for p in (out / "plots").iterdir())
     assert pngs == ["curves_01_learning_rate=0.001.png", "curves_02_learning_rate=0.1.png",
-                    "steps_to_target.png", "test_error_vs_learning_rate.png"]
+                    "paired_difference_forest.png", "steps_to_target.png", "test_error_vs_learning_rate.png"]
     page = (out / "index.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
     assert "http://" not in page and "https://" not in page

@@ -51,7 +51,7 @@ def test_every_table_and_image_renders_from_disk(tmp_path, browser):
 
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.clientWidth]);")
-    assert len(images) == len(list((out / "plots").glob("*.png"))) == 7
+    assert len(images) == len(list((out / "plots").glob("*.png"))) == 8
     broken = [alt for alt, complete, natural, shown in images if not (complete and natural > 0 and shown > 0)]
     assert broken == []
 

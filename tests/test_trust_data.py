@@ -6,20 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bnexp.cli import main
 from bnexp.config import load_config
 from bnexp.sweep import expand_runs
 
 
-@pytest.fixture
-def cli(tmp_path):
-    def invoke(*args):
-        workers = ["--workers", "1"] if args[0] == "run" else []
-        return CliRunner().invoke(main, [*map(str, args), *workers, "--results", str(tmp_path / "results")])
-
-    return invoke
 
 
 def written(tmp_path):

@@ -12,13 +12,6 @@ from bnexp.runner import write_experiment
 from bnexp.sweep import expand_runs
 
 
-@pytest.fixture
-def cli(tmp_path):
-    def invoke(*args):
-        workers = ["--workers", "1"] if args[0] == "run" and "--executor" not in args and "-j" not in args else []
-        return CliRunner().invoke(main, [*map(str, args), *workers, "--results", str(tmp_path / "results")])
-
-    return invoke
 
 
 def assert_error(out, message):
