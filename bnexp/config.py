@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from bnexp.errors import ConfigError
+from bnexp.keypaths import covers, deep_merge, get_dotted, load_yaml, parse_override, related, set_dotted
 from bnexp.metrics import EPOCH_METRICS, VAL_LOSS
 from bnexp.presets import PRESETS
 
@@ -312,59 +313,6 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
     return experiment
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
-    would keep the last value and drop the first without a word."""
-
-    def construct_mapping(self, node, deep=False):
-        first_line = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # merge keys (<<) may be overridden on purpose; odd keys are the constructor's to report
-            key = self.construct_object(key_node)
-            line = key_node.start_mark.line + 1
-            if key in first_line:
-                raise _DuplicateKey(f"{key}: key given twice, at lines {first_line[key]} and {line}; "
-                                    "YAML would keep only the last, so keep one")
-            first_line[key] = line
-        return super().construct_mapping(node, deep)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    pass
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """The YAML document in `text`; ConfigError naming `source` when it is not valid YAML or repeats a key."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
-
-
-def parse_override(item: str, option: str = "--set", example: str = "train.epochs=1") -> tuple[str, Any]:
-    """Split `key=value` from --set or --sweep; the value is read as YAML (numbers, lists, true/false)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"{option} {item}: expected KEY=VALUE, e.g. {option} {example}")
-    try:
-        return key.strip(), yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as exc:
-        raise ConfigError(f"{option} {item}: {exc}") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{option} {item}: the value is not valid YAML") from None
-
-
-def _covers(outer: str, inner: str) -> bool:
-    """True when setting dotted key `outer` replaces `inner`: the same key or one inside it."""
-    return inner == outer or inner.startswith(outer + ".")
-
-
 def _check_arm_keys(experiment: ExperimentConfig, path: Path) -> None:
     """An arm may change only the model and the training: not the data or the seed its pair shares."""
     for arm, changes in experiment.arms.items():
@@ -387,7 +335,7 @@ def _check_conflicts(experiment: ExperimentConfig, sweep_sources: dict[str, str]
     """A swept key no arm overrides, and no --set that a sweep axis or every arm would override."""
     for key, source in sweep_sources.items():
         for arm, changes in experiment.arms.items():
-            covering = next((k for k in changes if _covers(k, key)), None)
+            covering = next((k for k in changes if covers(k, key)), None)
             if covering:
                 raise ConfigError(
                     f"{source}: arm {arm!r} sets {covering} too, so this sweep would not change its runs; "
@@ -395,11 +343,11 @@ def _check_conflicts(experiment: ExperimentConfig, sweep_sources: dict[str, str]
                     + (" (arms: {run: {}} gives one arm whose runs the sweep tells apart)"
                        if experiment.arms == DEFAULT_ARMS else ""))
     for key, (value, source) in experiment._overrides.items():
-        swept = next((k for k in experiment.sweep if _covers(k, key)), None)
+        swept = next((k for k in experiment.sweep if covers(k, key)), None)
         if swept:
             raise ConfigError(f"{source}: {key} is swept (sweep.{swept}), so this --set would be ignored; "
                               f"to change the swept values use --sweep '{swept}=[...]'")
-        arm_keys = [next((k for k in changes if _covers(k, key)), None) for changes in experiment.arms.values()]
+        arm_keys = [next((k for k in changes if covers(k, key)), None) for changes in experiment.arms.values()]
         if all(arm_keys):
             raise ConfigError(f"{source}: every arm sets {arm_keys[0]} ({', '.join(experiment.arms)}), so this --set "
                               "would be ignored; change the arms instead, e.g. --set 'arms={...}'")
@@ -424,34 +372,6 @@ def _check_repeated_sweep_values(experiment: ExperimentConfig, path: Path, sweep
             seen[canonical] = (index, value)
 
 
-def get_dotted(raw: Any, key: str) -> Any:
-    """The value at dotted `key` in nested dicts and lists (the inverse of set_dotted)."""
-    for part in key.split("."):
-        raw = raw[int(part)] if isinstance(raw, list) else raw[part]
-    return raw
-
-
-def set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
-    """Set `a.b.c` inside nested dicts; list items by index, as in `model.conv.0.filters`."""
-    parts = key.split(".")
-    node: Any = raw
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            index: Any = int(part)
-        elif isinstance(node, dict):
-            index = part
-            if not last and node.get(part) is None:
-                node[part] = {}
-        else:
-            where = ".".join(parts[:depth]) or "top level"
-            raise ConfigError(f"{source}: {key}: cannot set {part!r} inside {where}, which is {type(node).__name__}")
-        if last:
-            node[index] = copy.deepcopy(value)  # a later dotted key must not change the sweep value or arm it came from
-        else:
-            node = node[index]
-
-
 def expand_preset(model: dict, source: str) -> dict:
     """Merge the model's own keys over its named preset."""
     name = model.get("preset") if isinstance(model, dict) else None  # a non-mapping is reported by validation
@@ -465,16 +385,6 @@ def expand_preset(model: dict, source: str) -> dict:
     return deep_merge(PRESETS[name], model)
 
 
-def deep_merge(base: dict, top: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: dict[str, str] = {},
              context: dict | None = None):
     """Validate `raw`; an error names the --set, sweep point or arm that set the bad key, else `source`."""
@@ -483,15 +393,10 @@ def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: di
     except ValidationError as exc:
         keypath, message = describe_error(model_cls, exc)
         origin = next(
-            (label for key, label in key_sources.items() if _related(keypath, key)),
+            (label for key, label in key_sources.items() if related(keypath, key)),
             source,
         )
         raise ConfigError(f"{origin}: {keypath}: {message}") from None
-
-
-def _related(a: str, b: str) -> bool:
-    """True when one dotted path is the other or lies inside it."""
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def closest(word: str, choices, ignore_case: bool = False) -> str | None:
