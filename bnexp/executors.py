@@ -100,7 +100,6 @@ def run_sequential(runs: list[RunSpec], context: RunContext) -> Iterator[tuple[R
         yield spec, train_one(spec, context)
 
 
-
 def check_executor_options(executor: str | None, workers: int | None, address: str | None,
                            cpus_per_run: float | None, gpus_per_run: float | None) -> str:
     """The executor the `run` options name (None: ray with an address, else processes); ConfigError
