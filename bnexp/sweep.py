@@ -97,11 +97,28 @@ def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
     """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config as JSON, and
     the content of its data file when it reads one), so a changed value or file gives a new id (and a
     new run) while an unchanged run keeps its id and is skipped."""
-    as_json = config.model_dump(mode="json")
+    as_json = _without_later_defaults(config.model_dump(mode="json"))
     identity = as_json if data_sha256 is None else {"config": as_json, "data_sha256": data_sha256}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     return f"{arm}-s{config.seed}-{digest}"
+
+
+# Config fields added after run ids were first handed out (dotted paths). At their default value
+# they are left out of the hash, so adding a field keeps every earlier run's id (and its results);
+# set to anything else, they count like every other field. Add each new field here.
+LATER_FIELDS: dict[str, object] = {}
+
+
+def _without_later_defaults(as_json: dict) -> dict:
+    for path, default in LATER_FIELDS.items():
+        *parents, leaf = path.split(".")
+        section = as_json
+        for key in parents:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf in section and section[leaf] == default:
+            del section[leaf]
+    return as_json
 
 
 def check_distinct_runs(runs: list[RunSpec], source: str) -> None:

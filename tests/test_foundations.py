@@ -76,3 +76,13 @@ def test_plan_experiment_lists_the_runs_run_experiment_would_train(write_config,
     _, runs = load_runs(path, ["train.epochs=2"])
     assert [line.split()[2] for line in table.splitlines()[1:3]] == [spec.run_id for spec in runs]
     assert "tiny: 2 runs = 1 sweep point(s) x 2 arm(s) x 1 seed(s); 0 complete, 2 to run" in table
+
+
+
+def test_a_later_field_at_its_default_is_left_out_of_the_run_id(monkeypatch):
+    from bnexp import sweep
+
+    monkeypatch.setitem(sweep.LATER_FIELDS, "model.head", "flatten")
+    earlier = {"seed": 0, "model": {"dense": [8]}}
+    assert sweep._without_later_defaults({"seed": 0, "model": {"dense": [8], "head": "flatten"}}) == earlier
+    assert sweep._without_later_defaults({"seed": 0, "model": {"dense": [8], "head": "gap"}}) != earlier
