@@ -63,6 +63,14 @@ data_dir_option = click.option(
 config_argument = click.argument("config", type=click.Path(path_type=Path))
 
 
+
+def experiment_options(command):
+    """CONFIG and the options `plan` and `run` share, so both read an experiment the same way."""
+    for option in (data_dir_option, results_option, sweep_option, set_option, config_argument):
+        command = option(command)
+    return command
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="bnexp")
 def main():
@@ -77,11 +85,7 @@ def main():
 
 
 @main.command()
-@config_argument
-@set_option
-@sweep_option
-@results_option
-@data_dir_option
+@experiment_options
 def plan(config, overrides, sweeps, results_dir, data_dir):
     """Validate CONFIG and list its runs without training anything.
 
@@ -97,11 +101,7 @@ def plan(config, overrides, sweeps, results_dir, data_dir):
 
 
 @main.command()
-@config_argument
-@set_option
-@sweep_option
-@results_option
-@data_dir_option
+@experiment_options
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary (for CI logs).")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to <run dir>/tensorboard.")
 @click.option("--deterministic", is_flag=True,
