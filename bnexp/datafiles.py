@@ -1,6 +1,7 @@
 """The files datasets come in, each read into train and test arrays with errors naming the file:
 the built-in datasets' official files (MNIST's npz, Fashion-MNIST's IDX files, CIFAR-10's pickled
-batches) or Keras' download of them, and a user's npz or CSV file.
+batches) or Keras' download of them, a user's npz or CSV file, and a user's folder of class
+subfolders of PNG/JPEG images (decoded with Pillow).
 
 Keras is imported only by the download fallback, so importing this module stays fast.
 """
@@ -317,17 +318,24 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
             f"{path}: {int(infinite.sum())} infinite value(s) (or beyond float32's range), the first at line {row + 2} "
             f"(column {features[column]}); bnexp needs finite inputs: fix or drop those rows"
         )
-    train, test = _stratified_split(y, data.test_split, np.random.default_rng(data.split_seed))
-    if len(train) == 0:
-        raise DataError(f"{path}: data.test_split: {data.test_split} of {len(y)} rows leaves no training rows; "
-                        f"lower data.test_split or add rows")
-    if len(test) == 0:
-        raise DataError(
-            f"{path}: data.test_split: {data.test_split} of {len(y)} rows leaves no test rows (each class gives "
-            f"round(test_split x its rows)); raise data.test_split or add rows"
-        )
+    train, test = _test_split(y, data, np.random.default_rng(data.split_seed), path, "rows")
     y = y.astype(np.int32)
     return Arrays(x[train], y[train], x[test], y[test]), classes.tolist()
+
+
+def _test_split(y: np.ndarray, data: DataConfig, rng: np.random.Generator, source: Path,
+                unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """data.test_split's stratified (train, test) indices; DataError when either part is empty."""
+    train, test = _stratified_split(y, data.test_split, rng)
+    if len(train) == 0:
+        raise DataError(f"{source}: data.test_split: {data.test_split} of {len(y)} {unit} leaves no training {unit}; "
+                        f"lower data.test_split or add {unit}")
+    if len(test) == 0:
+        raise DataError(
+            f"{source}: data.test_split: {data.test_split} of {len(y)} {unit} leaves no test {unit} (each class gives "
+            f"round(test_split x its {unit})); raise data.test_split or add {unit}"
+        )
+    return train, test
 
 
 def _stratified_split(y: np.ndarray, test_split: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -339,6 +347,109 @@ def _stratified_split(y: np.ndarray, test_split: float, rng: np.random.Generator
         test_parts.append(members[:n_test])
         train_parts.append(members[n_test:])
     return rng.permutation(np.concatenate(train_parts)), rng.permutation(np.concatenate(test_parts))
+
+
+# What Pillow decodes for an image folder; other files (notes, .DS_Store) are left alone, as Keras'
+# image_dataset_from_directory does.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_files(folder: Path) -> dict[str, list[Path]]:
+    """Each class subfolder's name (sorted) -> its PNG/JPEG files, at any depth, sorted; hidden entries
+    (a leading dot) are skipped. No checks: the run id's fingerprint and the loader both start here."""
+    try:
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return {
+            sub.name: sorted(
+                p for p in sub.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(sub).parts)
+            )
+            for sub in subfolders
+        }
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the image folder ({exc.strerror or exc})") from None
+
+
+def scan_images(folder: Path, key: str, classes: tuple[str, ...] | None = None) -> dict[str, list[Path]]:
+    """image_files, checked: at least two class subfolders, each with an image, and for a test folder
+    (`classes` given) the training folder's classes."""
+    files = image_files(folder)
+    if classes is not None and tuple(files) != classes:
+        missing = [name for name in classes if name not in files]
+        extra = [name for name in files if name not in classes]
+        said = "; ".join(part for part in (
+            f"missing {', '.join(map(repr, missing))}" if missing else "",
+            f"extra {', '.join(map(repr, extra))}" if extra else "",
+        ) if part)
+        raise DataError(f"{folder}: {key}: the test folder's class subfolders differ from the training folder's "
+                        f"({said}); give both folders the same class names")
+    if not files:
+        raise DataError(f"{folder}: {key}: no class subfolders; dataset 'images' needs one subfolder of PNG/JPEG "
+                        f"images per class (e.g. {folder / 'cat' / '1.png'})")
+    if len(files) < 2:
+        raise DataError(f"{folder}: {key}: only one class subfolder ({next(iter(files))!r}); "
+                        f"a classifier needs at least two")
+    for name, paths in files.items():
+        if not paths:
+            raise DataError(f"{folder / name}: class folder {name!r} holds no PNG or JPEG images "
+                            f"({', '.join(IMAGE_SUFFIXES)}); add some or remove the folder")
+    return files
+
+
+def image_shape(data: DataConfig) -> tuple[int, int, int]:
+    height, width = data.image_size
+    return height, width, 3 if data.color_mode == "rgb" else 1
+
+
+def check_image_headers(files: dict[str, list[Path]]) -> None:
+    """Open each image's header (Pillow reads no pixels until asked), so a file that is not an image
+    stops `bnexp plan` without decoding the folder."""
+    from PIL import Image
+
+    for path in (p for paths in files.values() for p in paths):
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: not a readable image ({_reason(exc)})") from None
+
+
+def read_images(data: DataConfig, folder: Path, test_folder: Path | None) -> tuple[Arrays, list]:
+    """Decode a folder of class subfolders into uint8 (N, H, W, C) arrays (labels: the sorted subfolder
+    names' indices), in an order shuffled with data.split_seed, so the validation split's last rows
+    and data.train_subset's first ones hold every class. Without a test folder, data.test_split
+    carves out a stratified test set as for a CSV."""
+    rng = np.random.default_rng(data.split_seed)
+    files = scan_images(folder, "data.path")
+    classes = tuple(files)
+    x, y = _decode_images(files, data)
+    if test_folder is None:
+        train, test = _test_split(y, data, rng, folder, "images")
+        return Arrays(x[train], y[train], x[test], y[test]), list(classes)
+    x_test, y_test = _decode_images(scan_images(test_folder, "data.test_path", classes), data)
+    train, test = rng.permutation(len(y)), rng.permutation(len(y_test))
+    return Arrays(x[train], y[train], x_test[test], y_test[test]), list(classes)
+
+
+def _decode_images(files: dict[str, list[Path]], data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image  # deferred: only image folders need it
+
+    shape = image_shape(data)
+    mode = "RGB" if data.color_mode == "rgb" else "L"
+    paths = [(path, label) for label, members in enumerate(files.values()) for path in members]
+    x = np.empty((len(paths), *shape), dtype=np.uint8)
+    y = np.array([label for _, label in paths], dtype=np.int32)
+    for row, (path, _) in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert(mode)  # decodes every pixel, so a truncated file fails here
+                if image.size != (shape[1], shape[0]):
+                    image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+                x[row] = np.asarray(image, dtype=np.uint8).reshape(shape)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: not a readable image ({_reason(exc)})") from None
+    return x, y
 
 
 def _suggest(name: str, columns: list[str]) -> str:
