@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
 from bnexp.config import DataConfig, closest
 from bnexp.errors import DataError
@@ -405,14 +406,12 @@ def image_shape(data: DataConfig) -> tuple[int, int, int]:
 def check_image_headers(files: dict[str, list[Path]]) -> None:
     """Open each image's header (Pillow reads no pixels until asked), so a file that is not an image
     stops `bnexp plan` without decoding the folder."""
-    from PIL import Image
-
     for path in (p for paths in files.values() for p in paths):
         try:
             with Image.open(path):
                 pass
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{path}: not a readable image ({_reason(exc)})") from None
+        except _IMAGE_ERRORS as exc:
+            raise _image_error(path, exc) from None
 
 
 def read_images(data: DataConfig, folder: Path, test_folder: Path | None) -> tuple[Arrays, list]:
@@ -433,8 +432,6 @@ def read_images(data: DataConfig, folder: Path, test_folder: Path | None) -> tup
 
 
 def _decode_images(files: dict[str, list[Path]], data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image  # deferred: only image folders need it
-
     shape = image_shape(data)
     mode = "RGB" if data.color_mode == "rgb" else "L"
     paths = [(path, label) for label, members in enumerate(files.values()) for path in members]
@@ -447,9 +444,20 @@ def _decode_images(files: dict[str, list[Path]], data: DataConfig) -> tuple[np.n
                 if image.size != (shape[1], shape[0]):
                     image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
                 x[row] = np.asarray(image, dtype=np.uint8).reshape(shape)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{path}: not a readable image ({_reason(exc)})") from None
+        except _IMAGE_ERRORS as exc:
+            raise _image_error(path, exc) from None
     return x, y
+
+
+# What Pillow raises for a file it cannot decode: OSError (unknown format, truncated data), ValueError and
+# SyntaxError (malformed headers, raised by some of its plugins), DecompressionBombError (an image of
+# more than twice Pillow's pixel limit).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _image_error(path: Path, exc: BaseException) -> DataError:
+    reason = "not a PNG or JPEG file" if isinstance(exc, UnidentifiedImageError) else _reason(exc)
+    return DataError(f"{path}: not a readable image ({reason}); replace or remove the file")
 
 
 def _suggest(name: str, columns: list[str]) -> str:
