@@ -156,6 +156,19 @@ def image_classes(data: DataConfig, data_dir: Path | None) -> tuple[str, ...]:
     return tuple(files)
 
 
+def describe_images(data: DataConfig, data_dir: Path | None) -> str:
+    """`bnexp plan`'s line for an image folder: its classes, how many images it and its test folder
+    hold, and the input shape, from the folder listing and data.image_size/color_mode (no pixels read)."""
+    folder, test, _ = _located(data, data_dir)
+    files = image_files(folder)
+    count = sum(map(len, files.values()))
+    split = (f"test folder {test}: {sum(map(len, image_files(test).values()))} images" if test is not None
+             else f"data.test_split {data.test_split} of them for testing")
+    shown = ", ".join(list(files)[:10]) + (f", ... ({len(files)} classes)" if len(files) > 10 else "")
+    return (f"{folder}: {len(files)} classes ({shown}), {count} images ({split}), "
+            f"input shape {image_shape(data)} ({data.color_mode})")
+
+
 def builtin_num_classes(dataset: str) -> int | None:
     """The number of classes of a built-in dataset (mnist, fashion_mnist, cifar10), else None."""
     builtin = BUILTINS.get(dataset)
