@@ -360,7 +360,8 @@ def image_files(folder: Path) -> dict[str, list[Path]]:
     """Each class subfolder's name (sorted) -> its PNG/JPEG files, at any depth, sorted; hidden entries
     (a leading dot) are skipped. No checks: the run id's fingerprint and the loader both start here."""
     try:
-        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+        classes = sorted(entry.name for entry in os.scandir(folder)
+                         if entry.is_dir() and not entry.name.startswith("."))
     except OSError as exc:
         raise DataError(f"{folder}: cannot list the image folder ({exc.strerror or exc})") from None
     files = {}

@@ -16,6 +16,12 @@ from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs
 
 
+@pytest.fixture(autouse=True)
+def hash_cache(tmp_path, monkeypatch):
+    """Keep the image hashes these tests write out of the user's cache folder."""
+    monkeypatch.setenv("BNEXP_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def shade(label: int) -> int:
     return 40 + 60 * label  # the class is the brightness: 40, 100, 160, ...
 
@@ -246,3 +252,29 @@ def test_the_array_checks_apply_to_image_folders(cli, tmp_path, data, message):
     out = cli("run", config)
     assert (out.exit_code, out.output) == (2, f"Error: {message.format(root=tmp_path)}\n")
     assert not (tmp_path / "results").exists()
+
+
+def test_image_hashes_are_kept_on_disk_until_an_image_changes(tmp_path):
+    from bnexp.data import _folder_content_sha256, _hash_cache_file
+
+    train = image_folder(tmp_path / "train")
+    data = DataConfig(dataset="images", path=str(train), image_size=(8, 8))
+    first = fingerprint(data, None)
+    cache_file = _hash_cache_file(train.resolve())
+    assert cache_file.parent == tmp_path / "cache" / "image-sha256"
+    cached = json.loads(cache_file.read_text())
+    assert sorted(cached) == [f"{name}/{i}.{'png' if i % 2 == 0 else 'jpg'}" for name in ("cat", "dog", "fox")
+                              for i in range(4)]
+    # A new process (no in-process cache) takes an unchanged image's hash from the file, without reading it:
+    # a hash planted there shows through.
+    cached["cat/0.png"][-1] = "0" * 64
+    cache_file.write_text(json.dumps(cached))
+    _folder_content_sha256.cache_clear()
+    assert fingerprint(data, None) != first
+    # An image whose time changes is read again.
+    os.utime(train / "cat" / "0.png", ns=(1, 1))
+    assert fingerprint(data, None) == first
+    # A damaged cache is read as none.
+    cache_file.write_text("{not json")
+    _folder_content_sha256.cache_clear()
+    assert fingerprint(data, None) == first and json.loads(cache_file.read_text())["cat/0.png"][1] == 1
