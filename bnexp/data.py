@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bnexp.config import DataConfig
-from bnexp.datafiles import (
-    BUILTINS, Arrays, check_image_headers, image_files, image_shape, normalise, read_builtin, read_csv, read_images,
-    read_npz, scan_images,
-)
+from bnexp.datafiles import BUILTINS, Arrays, normalise, read_builtin, read_csv, read_npz
+from bnexp.imagefolders import check_image_headers, folder_sha256, image_files, image_shape, read_images, scan_images
 from bnexp.errors import DataError
 
 
@@ -82,9 +77,9 @@ def _located(data: DataConfig, data_dir: Path | None) -> tuple[Path, Path | None
         return path, None, _file_sha256(path)
     folder = _resolve_path(data.path, data_dir, "data.path", folder=True)
     test = _resolve_path(data.test_path, data_dir, "data.test_path", folder=True) if data.test_path else None
-    digest = hashlib.sha256(_folder_sha256(folder).encode())
+    digest = hashlib.sha256(folder_sha256(folder).encode())
     if test is not None:
-        digest.update(b"test\0" + _folder_sha256(test).encode())
+        digest.update(b"test\0" + folder_sha256(test).encode())
     return folder, test, digest.hexdigest()
 
 
@@ -105,76 +100,6 @@ def _content_sha256(path: Path, size: int, mtime_ns: int, inode: int) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _folder_sha256(folder: Path) -> str:
-    """The SHA-256 of an image folder's images: their paths relative to it and their contents."""
-    try:
-        stats = tuple(
-            (path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-            for paths in image_files(folder).values() for path in paths
-            for stat in (path.stat(),)
-        )
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot read the image folder ({exc.strerror or exc})") from None
-    return _folder_content_sha256(folder, stats)
-
-
-# Within a process (plan, then each worker's load) the folder's listing keys the hash; across processes
-# (each `bnexp plan` or `run`) every image's own hash is kept on disk, keyed by its size, time and inode,
-# so re-planning reads only the images that changed: a folder of 2,000 PNGs costs its listing and stats.
-@functools.lru_cache(maxsize=8)
-def _folder_content_sha256(folder: Path, stats: tuple[tuple[str, int, int, int], ...]) -> str:
-    cache_file = _hash_cache_file(folder)
-    known = _read_hash_cache(cache_file)
-    digest, hashes = hashlib.sha256(), {}
-    for relative, *stat in stats:
-        entry = known.get(relative)
-        if isinstance(entry, list) and entry[:3] == stat and isinstance(entry[-1], str):
-            content_sha256 = entry[-1]
-        else:
-            path = folder / relative
-            try:
-                content_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError as exc:
-                raise DataError(f"{path}: cannot read the image ({exc.strerror or exc})") from None
-        hashes[relative] = [*stat, content_sha256]
-        # The name, then the content's own hash: no two folders can give the same stream of bytes.
-        digest.update(f"{relative}\0{content_sha256}\n".encode())
-    if hashes != known:
-        _write_hash_cache(cache_file, hashes)
-    return digest.hexdigest()
-
-
-def _hash_cache_file(folder: Path) -> Path:
-    root = os.environ.get("BNEXP_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "bnexp"
-    return Path(root) / "image-sha256" / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:20]}.json"
-
-
-def _read_hash_cache(cache_file: Path) -> dict:
-    try:
-        known = json.loads(cache_file.read_text())
-    except (OSError, ValueError):  # none yet, or damaged: the images are hashed again
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
-def _write_hash_cache(cache_file: Path, hashes: dict) -> None:
-    # Written whole under a temporary name, then renamed: a reader never sees half a file, and of two
-    # processes writing at once the last one wins with a complete cache. The cache only saves time, so
-    # a folder that cannot be written (a read-only home) is no error.
-    temporary = None
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, suffix=".tmp", delete=False) as file:
-            temporary = Path(file.name)
-            json.dump(hashes, file, separators=(",", ":"))
-        os.replace(temporary, cache_file)
-    except OSError:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
 
 
 def dataset_info(data: DataConfig, data_dir: Path | None) -> tuple[tuple[int, ...], int]:

@@ -1,7 +1,6 @@
 """The files datasets come in, each read into train and test arrays with errors naming the file:
 the built-in datasets' official files (MNIST's npz, Fashion-MNIST's IDX files, CIFAR-10's pickled
-batches) or Keras' download of them, a user's npz or CSV file, and a user's folder of class
-subfolders of PNG/JPEG images (decoded with Pillow).
+batches) or Keras' download of them, and a user's npz or CSV file (image folders: bnexp.imagefolders).
 
 Keras is imported only by the download fallback, so importing this module stays fast.
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import pickle
 import tarfile
 import zipfile
@@ -20,7 +18,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from bnexp.config import DataConfig, closest
 from bnexp.errors import DataError
@@ -71,7 +68,7 @@ def _download(name: str) -> Arrays:
     except Exception as exc:  # whatever stops the download (no network, proxy, bad hash), local files fix it
         raise DataError(
             f"{builtin.title} not found and could not be downloaded: {builtin.files_hint} "
-            f"and pass --data-dir DIR or set BNEXP_DATA_DIR (download error: {_reason(exc)})"
+            f"and pass --data-dir DIR or set BNEXP_DATA_DIR (download error: {reason(exc)})"
         ) from None
     return Arrays(x_train, y_train, x_test, y_test)
 
@@ -140,7 +137,7 @@ def read_npz(path: Path) -> Arrays:
                 )
             return Arrays(*(archive[key] for key in _NPZ_KEYS))
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt npz file ({_reason(exc)})") from None
+        raise DataError(f"{path}: corrupt npz file ({reason(exc)})") from None
 
 
 def _read_mnist(data_dir: Path) -> tuple[Arrays, str]:
@@ -179,7 +176,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         with gzip.open(path, "rb") as file:
             raw = file.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable gzip file ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable gzip file ({reason(exc)})") from None
     kind = "image" if magic == _IDX_IMAGES else "label"
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
@@ -232,7 +229,7 @@ def _read_cifar_archive(archive: Path) -> dict[str, bytes]:
                 if member.name in wanted and member.isfile():
                     contents[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{archive}: not a readable tar.gz archive ({_reason(exc)})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({reason(exc)})") from None
     missing = [member for member, name in wanted.items() if name not in contents]
     if missing:
         raise DataError(f"{archive}: missing member(s) {', '.join(missing)}")
@@ -252,7 +249,7 @@ def _parse_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     try:
         batch = pickle.loads(raw, encoding="bytes")  # the batches were pickled by Python 2
     except Exception as exc:  # pickle documents no closed set of errors for malformed input
-        raise DataError(f"{source}: not a readable CIFAR-10 batch ({_reason(exc)})") from None
+        raise DataError(f"{source}: not a readable CIFAR-10 batch ({reason(exc)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         found = sorted(map(repr, batch)) if isinstance(batch, dict) else [type(batch).__name__]
         raise DataError(f"{source}: expected a dict with keys b'data' and b'labels', found {', '.join(found)}")
@@ -271,7 +268,7 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable CSV file ({reason(exc)})") from None
     columns = [str(column) for column in frame.columns]
     if frame.empty:
         raise DataError(f"{path}: no rows below the header; a dataset needs samples")
@@ -320,12 +317,12 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
             f"{path}: {int(infinite.sum())} infinite value(s) (or beyond float32's range), the first at line {row + 2} "
             f"(column {features[column]}); bnexp needs finite inputs: fix or drop those rows"
         )
-    train, test = _test_split(y, data, np.random.default_rng(data.split_seed), path, "rows")
+    train, test = stratified_test_split(y, data, np.random.default_rng(data.split_seed), path, "rows")
     y = y.astype(np.int32)
     return Arrays(x[train], y[train], x[test], y[test]), classes.tolist()
 
 
-def _test_split(y: np.ndarray, data: DataConfig, rng: np.random.Generator, source: Path,
+def stratified_test_split(y: np.ndarray, data: DataConfig, rng: np.random.Generator, source: Path,
                 unit: str) -> tuple[np.ndarray, np.ndarray]:
     """data.test_split's stratified (train, test) indices; DataError when either part is empty."""
     train, test = _stratified_split(y, data.test_split, rng)
@@ -351,124 +348,6 @@ def _stratified_split(y: np.ndarray, test_split: float, rng: np.random.Generator
     return rng.permutation(np.concatenate(train_parts)), rng.permutation(np.concatenate(test_parts))
 
 
-# What Pillow decodes for an image folder; other files (notes, .DS_Store) are left alone, as Keras'
-# image_dataset_from_directory does.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def image_files(folder: Path) -> dict[str, list[Path]]:
-    """Each class subfolder's name (sorted) -> its PNG/JPEG files, at any depth, sorted; hidden entries
-    (a leading dot) are skipped. No checks: the run id's fingerprint and the loader both start here."""
-    try:
-        classes = sorted(entry.name for entry in os.scandir(folder)
-                         if entry.is_dir() and not entry.name.startswith("."))
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot list the image folder ({exc.strerror or exc})") from None
-    files = {}
-    for name in classes:
-        found = []
-        # os.walk's directory entries say file or folder without a stat per file: listing 2,000 images
-        # takes a few milliseconds.
-        for parent, subfolders, names in os.walk(folder / name, onerror=_raise_listing_error):
-            subfolders[:] = [sub for sub in subfolders if not sub.startswith(".")]
-            found += [Path(parent, file) for file in names
-                      if not file.startswith(".") and os.path.splitext(file)[1].lower() in IMAGE_SUFFIXES]
-        files[name] = sorted(found)
-    return files
-
-
-def _raise_listing_error(exc: OSError) -> None:
-    raise DataError(f"{exc.filename}: cannot list the image folder ({exc.strerror or exc})")
-
-
-def scan_images(folder: Path, key: str, classes: tuple[str, ...] | None = None) -> dict[str, list[Path]]:
-    """image_files, checked: at least two class subfolders, each with an image, and for a test folder
-    (`classes` given) the training folder's classes."""
-    files = image_files(folder)
-    if classes is not None and tuple(files) != classes:
-        missing = [name for name in classes if name not in files]
-        extra = [name for name in files if name not in classes]
-        said = "; ".join(part for part in (
-            f"missing {', '.join(map(repr, missing))}" if missing else "",
-            f"extra {', '.join(map(repr, extra))}" if extra else "",
-        ) if part)
-        raise DataError(f"{folder}: {key}: the test folder's class subfolders differ from the training folder's "
-                        f"({said}); give both folders the same class names")
-    if not files:
-        raise DataError(f"{folder}: {key}: no class subfolders; dataset 'images' needs one subfolder of PNG/JPEG "
-                        f"images per class (e.g. {folder / 'cat' / '1.png'})")
-    if len(files) < 2:
-        raise DataError(f"{folder}: {key}: only one class subfolder ({next(iter(files))!r}); "
-                        f"a classifier needs at least two")
-    for name, paths in files.items():
-        if not paths:
-            raise DataError(f"{folder / name}: class folder {name!r} holds no PNG or JPEG images "
-                            f"({', '.join(IMAGE_SUFFIXES)}); add some or remove the folder")
-    return files
-
-
-def image_shape(data: DataConfig) -> tuple[int, int, int]:
-    height, width = data.image_size
-    return height, width, 3 if data.color_mode == "rgb" else 1
-
-
-def check_image_headers(files: dict[str, list[Path]]) -> None:
-    """Open each image's header (Pillow reads no pixels until asked), so a file that is not an image
-    stops `bnexp plan` without decoding the folder."""
-    for path in (p for paths in files.values() for p in paths):
-        try:
-            with Image.open(path):
-                pass
-        except _IMAGE_ERRORS as exc:
-            raise _image_error(path, exc) from None
-
-
-def read_images(data: DataConfig, folder: Path, test_folder: Path | None) -> tuple[Arrays, list]:
-    """Decode a folder of class subfolders into uint8 (N, H, W, C) arrays (labels: the sorted subfolder
-    names' indices), in an order shuffled with data.split_seed, so the validation split's last rows
-    and data.train_subset's first ones hold every class. Without a test folder, data.test_split
-    carves out a stratified test set as for a CSV."""
-    rng = np.random.default_rng(data.split_seed)
-    files = scan_images(folder, "data.path")
-    classes = tuple(files)
-    x, y = _decode_images(files, data)
-    if test_folder is None:
-        train, test = _test_split(y, data, rng, folder, "images")
-        return Arrays(x[train], y[train], x[test], y[test]), list(classes)
-    x_test, y_test = _decode_images(scan_images(test_folder, "data.test_path", classes), data)
-    train, test = rng.permutation(len(y)), rng.permutation(len(y_test))
-    return Arrays(x[train], y[train], x_test[test], y_test[test]), list(classes)
-
-
-def _decode_images(files: dict[str, list[Path]], data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    shape = image_shape(data)
-    mode = "RGB" if data.color_mode == "rgb" else "L"
-    paths = [(path, label) for label, members in enumerate(files.values()) for path in members]
-    x = np.empty((len(paths), *shape), dtype=np.uint8)
-    y = np.array([label for _, label in paths], dtype=np.int32)
-    for row, (path, _) in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                image = image.convert(mode)  # decodes every pixel, so a truncated file fails here
-                if image.size != (shape[1], shape[0]):
-                    image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-                x[row] = np.asarray(image, dtype=np.uint8).reshape(shape)
-        except _IMAGE_ERRORS as exc:
-            raise _image_error(path, exc) from None
-    return x, y
-
-
-# What Pillow raises for a file it cannot decode: OSError (unknown format, truncated data), ValueError and
-# SyntaxError (malformed headers, raised by some of its plugins), DecompressionBombError (an image of
-# more than twice Pillow's pixel limit).
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def _image_error(path: Path, exc: BaseException) -> DataError:
-    reason = "not a PNG or JPEG file" if isinstance(exc, UnidentifiedImageError) else _reason(exc)
-    return DataError(f"{path}: not a readable image ({reason}); replace or remove the file")
-
-
 def _suggest(name: str, columns: list[str]) -> str:
     """A "did you mean" for a misspelt column, then the columns there are."""
     close = closest(name, columns, ignore_case=True)  # a column's case is easily mistyped
@@ -481,7 +360,7 @@ def _join(paths) -> str:
     return ", ".join(str(path) for path in paths)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """An exception's message on one line (some libraries end theirs with a newline)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -1,6 +1,6 @@
 """Expand an experiment into run specs: grid points x arms x seeds, each with a stable id.
 
-A run id covers the run's config and, for csv/npz data, the SHA-256 of the file's content, so an
+A run id covers the run's config and, for csv/npz data or an image folder, the SHA-256 of its content, so an
 edited data file trains again while unchanged data is skipped. The built-in datasets are known by
 name (see bnexp.data.fingerprint), so their ids do not depend on where the files came from.
 """

@@ -255,7 +255,7 @@ def test_the_array_checks_apply_to_image_folders(cli, tmp_path, data, message):
 
 
 def test_image_hashes_are_kept_on_disk_until_an_image_changes(tmp_path):
-    from bnexp.data import _folder_content_sha256, _hash_cache_file
+    from bnexp.imagefolders import _folder_content_sha256, _hash_cache_file
 
     train = image_folder(tmp_path / "train")
     data = DataConfig(dataset="images", path=str(train), image_size=(8, 8))
