@@ -70,12 +70,15 @@ def _number_kind(annotation: Any) -> str | None:
 
 
 class DataConfig(Strict):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "csv", "npz"]
-    path: str | None = None  # the file for csv / npz
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "csv", "npz", "images"]
+    path: str | None = None  # the file for csv / npz; for images the folder of class subfolders
+    test_path: str | None = None  # images: a test folder with the same class subfolders; None = test_split
+    image_size: tuple[PositiveInt, PositiveInt] | None = None  # images: (height, width) every image is resized to
+    color_mode: Literal["rgb", "grayscale"] = "rgb"  # images: 3 channels or 1
     label_column: str | None = None  # csv only
     feature_columns: tuple[str, ...] | None = None  # csv: None = every column but the label and ignored ones
     ignore_columns: tuple[str, ...] = ()
-    test_split: float = Field(0.2, gt=0, lt=1)  # csv only: a CSV has no separate test file
+    test_split: float = Field(0.2, gt=0, lt=1)  # csv, and images without test_path: no separate test file
     validation_split: float = Field(0.2, gt=0, lt=1)  # last fraction of the training pool, as in Keras
     train_subset: PositiveInt | None = None  # first N training rows: smoke runs and reduced scales
     test_subset: PositiveInt | None = None
@@ -84,8 +87,17 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _needs_path(self):
-        if self.dataset in ("csv", "npz") and not self.path:
+        if self.dataset in ("csv", "npz", "images") and not self.path:
             raise ValueError(f"path: required when dataset is '{self.dataset}'")
+        if self.dataset == "images" and self.image_size is None:
+            raise ValueError("image_size: required when dataset is 'images' ([height, width], e.g. [32, 32])")
+        if self.dataset != "images":
+            for key, value in (("test_path", self.test_path), ("image_size", self.image_size),
+                               ("color_mode", self.color_mode != "rgb")):
+                if value:
+                    raise ValueError(f"{key}: only for dataset 'images', not '{self.dataset}'")
+        if self.test_path and "test_split" in self.model_fields_set:
+            raise ValueError("test_split: not used with test_path (the test folder is the test set); give one of them")
         if self.dataset == "csv" and not self.label_column:
             raise ValueError("label_column: required when dataset is 'csv'")
         return self

@@ -16,6 +16,7 @@ import numpy as np
 
 from bnexp.config import DataConfig
 from bnexp.datafiles import BUILTINS, Arrays, normalise, read_builtin, read_csv, read_npz
+from bnexp.imagefolders import check_image_headers, folder_sha256, image_files, image_shape, read_images, scan_images
 from bnexp.errors import DataError
 
 
@@ -34,6 +35,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    classes: tuple[str, ...] = ()  # the class names, in label order, where the data names them (csv, images)
     # Parts too small to mean much (see _small_parts): said once before training, never an error.
     warnings: tuple[str, ...] = ()
 
@@ -47,26 +49,38 @@ def load_dataset(data: DataConfig, data_dir: Path | None) -> Dataset:
 
     `data_dir` holds the MNIST, Fashion-MNIST and CIFAR-10 files; when it is None those are
     downloaded through keras.datasets.
-    Relative csv/npz paths are tried from the current directory, then from `data_dir`.
+    Relative csv/npz/image-folder paths are tried from the current directory, then from `data_dir`.
     Raises DataError, with a one-line message, for missing, corrupt or unusable data: non-finite
     inputs, labels that are not class indices 0..K-1, one class, an empty part, test labels the
     training part never shows.
     """
     data_dir = Path(data_dir) if data_dir is not None else None
-    path = sha256 = None
-    if data.dataset not in BUILTINS:
-        path = _resolve_path(data.path, data_dir)
-        sha256 = _file_sha256(path)
-    return _load(data, data_dir, path, sha256)
+    if data.dataset in BUILTINS:
+        return _load(data, data_dir, None, None, None)
+    return _load(data, data_dir, *_located(data, data_dir))
 
 
 def fingerprint(data: DataConfig, data_dir: Path | None) -> str | None:
-    """The SHA-256 of the csv/npz file a `data` config reads (DataError when it is missing), None for
-    the built-in datasets: their name already says what they hold, as Keras checks the official files'
-    hashes when it downloads them, and an id must not change between a downloaded copy and a local one."""
+    """The SHA-256 of the csv/npz file a `data` config reads, or of an image folder's (and its test
+    folder's) file names and contents (DataError when one is missing); None for the built-in datasets:
+    their name already says what they hold, as Keras checks the official files' hashes when it
+    downloads them, and an id must not change between a downloaded copy and a local one."""
     if data.dataset in BUILTINS:
         return None
-    return _file_sha256(_resolve_path(data.path, data_dir))
+    return _located(data, data_dir)[-1]
+
+
+def _located(data: DataConfig, data_dir: Path | None) -> tuple[Path, Path | None, str]:
+    """(path, test folder, SHA-256 of what they hold) of a csv/npz file or an image folder."""
+    if data.dataset != "images":
+        path = _resolve_path(data.path, data_dir, "data.path", folder=False)
+        return path, None, _file_sha256(path)
+    folder = _resolve_path(data.path, data_dir, "data.path", folder=True)
+    test = _resolve_path(data.test_path, data_dir, "data.test_path", folder=True) if data.test_path else None
+    digest = hashlib.sha256(folder_sha256(folder).encode())
+    if test is not None:
+        digest.update(b"test\0" + folder_sha256(test).encode())
+    return folder, test, digest.hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
@@ -89,12 +103,40 @@ def _content_sha256(path: Path, size: int, mtime_ns: int, inode: int) -> str:
 
 
 def dataset_info(data: DataConfig, data_dir: Path | None) -> tuple[tuple[int, ...], int]:
-    """Return (input_shape, num_classes); constants for the built-in datasets, so no file is read."""
+    """Return (input_shape, num_classes); constants for the built-in datasets, so no file is read; for
+    an image folder, from data.image_size and color_mode and its class subfolders, each image's header
+    checked but no pixels decoded."""
     if data.dataset in BUILTINS:
         builtin = BUILTINS[data.dataset]
         return builtin.input_shape, builtin.num_classes
+    if data.dataset == "images":
+        return image_shape(data), len(image_classes(data, data_dir))
     dataset = load_dataset(data, data_dir)
     return dataset.input_shape, dataset.num_classes
+
+
+def image_classes(data: DataConfig, data_dir: Path | None) -> tuple[str, ...]:
+    """An image folder's class names (its sorted subfolders), the folders checked as the loader
+    checks them and each image's header read (DataError otherwise), no pixels decoded."""
+    folder, test, _ = _located(data, data_dir)
+    files = scan_images(folder, "data.path")
+    check_image_headers(files)
+    if test is not None:
+        check_image_headers(scan_images(test, "data.test_path", tuple(files)))
+    return tuple(files)
+
+
+def describe_images(data: DataConfig, data_dir: Path | None) -> str:
+    """`bnexp plan`'s line for an image folder: its classes, how many images it and its test folder
+    hold, and the input shape, from the folder listing and data.image_size/color_mode (no pixels read)."""
+    folder, test, _ = _located(data, data_dir)
+    files = image_files(folder)
+    count = sum(map(len, files.values()))
+    split = (f"test folder {test}: {sum(map(len, image_files(test).values()))} images" if test is not None
+             else f"data.test_split {data.test_split} of them for testing")
+    shown = ", ".join(list(files)[:10]) + (f", ... ({len(files)} classes)" if len(files) > 10 else "")
+    return (f"{folder}: {len(files)} classes ({shown}), {count} images ({split}), "
+            f"input shape {image_shape(data)} ({data.color_mode})")
 
 
 def builtin_num_classes(dataset: str) -> int | None:
@@ -103,22 +145,27 @@ def builtin_num_classes(dataset: str) -> int | None:
     return builtin.num_classes if builtin else None
 
 
-def _resolve_path(path: str, data_dir: Path | None) -> Path:
+def _resolve_path(path: str, data_dir: Path | None, key: str, *, folder: bool) -> Path:
     given = Path(path).expanduser()
     candidates = [given]
     if data_dir is not None and not given.is_absolute():
         candidates.append(data_dir / given)
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_dir() if folder else candidate.is_file():
             return candidate.resolve()
-    raise DataError(f"data.path: {path} not found (looked for {', '.join(map(str, candidates))})")
+    looked = ", ".join(map(str, candidates))
+    if folder and any(candidate.exists() for candidate in candidates):
+        raise DataError(f"{key}: {path} is not a folder (looked for {looked}); dataset 'images' reads a folder "
+                        f"with one subfolder of images per class")
+    raise DataError(f"{key}: {path} not found (looked for {looked})")
 
 
 # One worker trains many runs on the same data; a small bound keeps a sweep over data
 # settings from holding many float32 copies of a large image set. The key holds the csv/npz file's
-# resolved `path` and content (`sha256`), so an edited file is read again.
+# or image folders' resolved paths and content (`sha256`), so edited data is read again.
 @functools.lru_cache(maxsize=4)
-def _load(data: DataConfig, data_dir: Path | None, path: Path | None, sha256: str | None) -> Dataset:
+def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path | None,
+          sha256: str | None) -> Dataset:
     if data.dataset in BUILTINS:
         name = data.dataset
         arrays = read_builtin(name, data_dir)
@@ -127,6 +174,9 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, sha256: st
         name = str(path)
         arrays = normalise(read_npz(path), name)
         classes = list(range(_class_count(arrays, name)))
+    elif data.dataset == "images":
+        name = str(path)
+        arrays, classes = read_images(data, path, test)
     else:
         name = str(path)
         arrays, classes = read_csv(data, path)
@@ -163,6 +213,7 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, sha256: st
         x_test=_frozen(x_test),
         y_test=_frozen(y_test),
         num_classes=len(classes),
+        classes=tuple(map(str, classes)) if data.dataset in ("csv", "images") else (),
         warnings=warnings,
     )
 

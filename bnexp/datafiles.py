@@ -1,6 +1,6 @@
 """The files datasets come in, each read into train and test arrays with errors naming the file:
 the built-in datasets' official files (MNIST's npz, Fashion-MNIST's IDX files, CIFAR-10's pickled
-batches) or Keras' download of them, and a user's npz or CSV file.
+batches) or Keras' download of them, and a user's npz or CSV file (image folders: bnexp.imagefolders).
 
 Keras is imported only by the download fallback, so importing this module stays fast.
 """
@@ -68,7 +68,7 @@ def _download(name: str) -> Arrays:
     except Exception as exc:  # whatever stops the download (no network, proxy, bad hash), local files fix it
         raise DataError(
             f"{builtin.title} not found and could not be downloaded: {builtin.files_hint} "
-            f"and pass --data-dir DIR or set BNEXP_DATA_DIR (download error: {_reason(exc)})"
+            f"and pass --data-dir DIR or set BNEXP_DATA_DIR (download error: {reason(exc)})"
         ) from None
     return Arrays(x_train, y_train, x_test, y_test)
 
@@ -137,7 +137,7 @@ def read_npz(path: Path) -> Arrays:
                 )
             return Arrays(*(archive[key] for key in _NPZ_KEYS))
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt npz file ({_reason(exc)})") from None
+        raise DataError(f"{path}: corrupt npz file ({reason(exc)})") from None
 
 
 def _read_mnist(data_dir: Path) -> tuple[Arrays, str]:
@@ -176,7 +176,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         with gzip.open(path, "rb") as file:
             raw = file.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable gzip file ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable gzip file ({reason(exc)})") from None
     kind = "image" if magic == _IDX_IMAGES else "label"
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
@@ -229,7 +229,7 @@ def _read_cifar_archive(archive: Path) -> dict[str, bytes]:
                 if member.name in wanted and member.isfile():
                     contents[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{archive}: not a readable tar.gz archive ({_reason(exc)})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({reason(exc)})") from None
     missing = [member for member, name in wanted.items() if name not in contents]
     if missing:
         raise DataError(f"{archive}: missing member(s) {', '.join(missing)}")
@@ -249,7 +249,7 @@ def _parse_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     try:
         batch = pickle.loads(raw, encoding="bytes")  # the batches were pickled by Python 2
     except Exception as exc:  # pickle documents no closed set of errors for malformed input
-        raise DataError(f"{source}: not a readable CIFAR-10 batch ({_reason(exc)})") from None
+        raise DataError(f"{source}: not a readable CIFAR-10 batch ({reason(exc)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         found = sorted(map(repr, batch)) if isinstance(batch, dict) else [type(batch).__name__]
         raise DataError(f"{source}: expected a dict with keys b'data' and b'labels', found {', '.join(found)}")
@@ -268,7 +268,7 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable CSV file ({reason(exc)})") from None
     columns = [str(column) for column in frame.columns]
     if frame.empty:
         raise DataError(f"{path}: no rows below the header; a dataset needs samples")
@@ -317,17 +317,24 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
             f"{path}: {int(infinite.sum())} infinite value(s) (or beyond float32's range), the first at line {row + 2} "
             f"(column {features[column]}); bnexp needs finite inputs: fix or drop those rows"
         )
-    train, test = _stratified_split(y, data.test_split, np.random.default_rng(data.split_seed))
-    if len(train) == 0:
-        raise DataError(f"{path}: data.test_split: {data.test_split} of {len(y)} rows leaves no training rows; "
-                        f"lower data.test_split or add rows")
-    if len(test) == 0:
-        raise DataError(
-            f"{path}: data.test_split: {data.test_split} of {len(y)} rows leaves no test rows (each class gives "
-            f"round(test_split x its rows)); raise data.test_split or add rows"
-        )
+    train, test = stratified_test_split(y, data, np.random.default_rng(data.split_seed), path, "rows")
     y = y.astype(np.int32)
     return Arrays(x[train], y[train], x[test], y[test]), classes.tolist()
+
+
+def stratified_test_split(y: np.ndarray, data: DataConfig, rng: np.random.Generator, source: Path,
+                unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """data.test_split's stratified (train, test) indices; DataError when either part is empty."""
+    train, test = _stratified_split(y, data.test_split, rng)
+    if len(train) == 0:
+        raise DataError(f"{source}: data.test_split: {data.test_split} of {len(y)} {unit} leaves no training {unit}; "
+                        f"lower data.test_split or add {unit}")
+    if len(test) == 0:
+        raise DataError(
+            f"{source}: data.test_split: {data.test_split} of {len(y)} {unit} leaves no test {unit} (each class gives "
+            f"round(test_split x its {unit})); raise data.test_split or add {unit}"
+        )
+    return train, test
 
 
 def _stratified_split(y: np.ndarray, test_split: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -353,7 +360,7 @@ def _join(paths) -> str:
     return ", ".join(str(path) for path in paths)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """An exception's message on one line (some libraries end theirs with a newline)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -1,6 +1,6 @@
 """Expand an experiment into run specs: grid points x arms x seeds, each with a stable id.
 
-A run id covers the run's config and, for csv/npz data, the SHA-256 of the file's content, so an
+A run id covers the run's config and, for csv/npz data or an image folder, the SHA-256 of its content, so an
 edited data file trains again while unchanged data is skipped. The built-in datasets are known by
 name (see bnexp.data.fingerprint), so their ids do not depend on where the files came from.
 """
@@ -107,7 +107,11 @@ def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
 # Config fields added after run ids were first handed out (dotted paths). At their default value
 # they are left out of the hash, so adding a field keeps every earlier run's id (and its results);
 # set to anything else, they count like every other field. Add each new field here.
-LATER_FIELDS: dict[str, object] = {}
+LATER_FIELDS: dict[str, object] = {
+    "data.test_path": None,
+    "data.image_size": None,
+    "data.color_mode": "rgb",
+}
 
 
 def _without_later_defaults(as_json: dict) -> dict:

@@ -23,7 +23,7 @@ BASE = DATA + "model: {preset: e2_mnist_cnn}\n"
         ("data: {dataset: mnist, validation_split: 0}\n", [],
          "{f}: data.validation_split: expected a number > 0, got 0"),
         ("data: {dataset: imagenet}\n", [],
-         "{f}: data.dataset: expected one of mnist, fashion_mnist, cifar10, csv or npz, got 'imagenet'"),
+         "{f}: data.dataset: expected one of mnist, fashion_mnist, cifar10, csv, npz or images, got 'imagenet'"),
         (DATA + "model: {activation: relu6}\n", [],
          "{f}: model.activation: expected one of relu, sigmoid, tanh, elu, selu, gelu, swish, leaky_relu, "
          "softplus or linear, got 'relu6'"),
