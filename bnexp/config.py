@@ -111,7 +111,10 @@ class InitializerConfig(Strict):
 
 
 class BatchNormConfig(Strict):
-    enabled: bool = True  # the one switch that tells the arms apart
+    """Where normalisation goes and how it is set; model.norm.kind says which. placement, after_pooling,
+    axis, epsilon, center, scale and use_bias apply to every kind; momentum to the batch kinds."""
+
+    enabled: bool = True  # false: no normalisation, the older spelling of model.norm.kind: none
     placement: Literal["before_activation", "after_activation"] = "before_activation"
     after_pooling: bool = False  # E2 also normalises each pooled map
     axis: int = -1
@@ -119,8 +122,25 @@ class BatchNormConfig(Strict):
     epsilon: float = Field(0.001, gt=0)
     center: bool = True
     scale: bool = True
-    renorm: bool = False
+    renorm: bool = False  # true: the older spelling of model.norm.kind: batch_renorm
     use_bias: bool = True  # bias on the layers BN follows; BN's beta makes it redundant (E4 drops it)
+
+
+NORM_KINDS = ("batch", "batch_renorm", "group", "layer", "none")
+
+
+class NormConfig(Strict):
+    # layer is GroupNormalization with one group, as Wu & He define it: each sample normalised over all
+    # its features (height, width and channels), a scale and shift per channel.
+    kind: Literal[NORM_KINDS] = "batch"
+    groups: PositiveInt = 32  # group only; Wu & He's default. It must divide every normalised layer's channels
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value):
+        if isinstance(value, str) and value not in NORM_KINDS:
+            raise ValueError(f"expected one of {', '.join(NORM_KINDS)}, got {value!r}" + did_you_mean(value, NORM_KINDS))
+        return value
 
 
 class DropoutConfig(Strict):
@@ -137,12 +157,44 @@ class ModelConfig(Strict):
     ] = "relu"
     kernel_initializer: InitializerConfig = InitializerConfig()
     batch_norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = NormConfig()
     dropout: DropoutConfig = DropoutConfig()
+    head: Literal["flatten", "global_average"] = "flatten"  # what feeds the conv stack's maps to the dense layers
 
     @field_validator("kernel_initializer", mode="before")
     @classmethod
     def _initializer_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def norm_kind(self) -> str:
+        """The normalisation this model inserts: model.norm.kind, or what the older batch_norm switches
+        say while the kind is left at batch."""
+        if not self.batch_norm.enabled:
+            return "none"
+        if self.norm.kind == "batch" and self.batch_norm.renorm:
+            return "batch_renorm"
+        return self.norm.kind
+
+    @model_validator(mode="after")
+    def _one_norm_kind(self):
+        kind = self.norm.kind
+        if not self.batch_norm.enabled and kind not in ("batch", "none"):
+            raise ValueError(f"batch_norm.enabled: false means model.norm.kind: none, which contradicts model.norm.kind: "
+                             f"{kind}; give each arm its kind instead, e.g. arms: {{none: {{model.norm.kind: none}}, "
+                             f"{kind}: {{model.norm.kind: {kind}}}}}")
+        if self.batch_norm.renorm and kind in ("group", "layer"):
+            raise ValueError(f"batch_norm.renorm: true means model.norm.kind: batch_renorm, which contradicts "
+                             f"model.norm.kind: {kind}; set batch_norm.renorm only in the batch arms "
+                             "(or use model.norm.kind: batch_renorm)")
+        return self
+
+    @model_validator(mode="after")
+    def _global_average_has_maps(self):
+        if self.head == "global_average" and not self.conv:
+            raise ValueError("head: 'global_average' averages the conv blocks' feature maps, but model.conv is empty; "
+                             "allowed without conv blocks: flatten")
+        return self
 
     @model_validator(mode="after")
     def _dropout_has_a_place(self):
