@@ -183,10 +183,12 @@ class ModelConfig(Strict):
             raise ValueError(f"batch_norm.enabled: false means model.norm.kind: none, which contradicts model.norm.kind: "
                              f"{kind}; give each arm its kind instead, e.g. arms: {{none: {{model.norm.kind: none}}, "
                              f"{kind}: {{model.norm.kind: {kind}}}}}")
+        # Named at the key the arms usually set (the default arms set enabled, kind arms the kind), so that
+        # the error names the arm.
         if self.batch_norm.renorm and kind in ("group", "layer"):
-            raise ValueError(f"batch_norm.renorm: true means model.norm.kind: batch_renorm, which contradicts "
-                             f"model.norm.kind: {kind}; set batch_norm.renorm only in the batch arms "
-                             "(or use model.norm.kind: batch_renorm)")
+            raise ValueError(f"norm.kind: {kind} contradicts model.batch_norm.renorm: true, the older spelling of "
+                             "model.norm.kind: batch_renorm; set renorm only where the kind is batch, or use "
+                             "model.norm.kind: batch_renorm for that arm")
         return self
 
     @model_validator(mode="after")
