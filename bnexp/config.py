@@ -208,6 +208,17 @@ class ModelConfig(Strict):
         return self
 
 
+def older_norm_spelling(model: dict) -> dict:
+    """A model section as JSON with norm kinds none and batch_renorm written as batch_norm.enabled: false and
+    batch_norm.renorm: true, the spelling run ids were first given in: both spellings of one network then
+    share a run id, so migrating a config keeps its results and two arms cannot train the same network."""
+    kind = model["norm"]["kind"]
+    if kind in ("none", "batch_renorm"):
+        flag = {"none": {"enabled": False}, "batch_renorm": {"renorm": True}}[kind]
+        model = model | {"batch_norm": model["batch_norm"] | flag, "norm": model["norm"] | {"kind": "batch"}}
+    return model
+
+
 class EarlyStoppingConfig(Strict):
     monitor: Literal[EPOCH_METRICS] = VAL_LOSS
     patience: int = Field(10, ge=0)

@@ -88,8 +88,16 @@ def test_default_norm_and_head_keep_the_run_ids_given_before_they_existed():
     assert identity("bn", {}) == "bn-s0-0f98b76847"
     assert identity("bn", {"norm": {"kind": "batch", "groups": 32}, "head": "flatten"}) == "bn-s0-0f98b76847"
     assert identity("no_bn", {"batch_norm": {"enabled": False}}) == "no_bn-s0-9710c10f29"
+    assert identity("no_bn", {"norm": {"kind": "none"}}) == "no_bn-s0-9710c10f29"  # the same network
+    assert identity("bn", {"norm": {"kind": "batch_renorm"}}) == identity("bn", {"batch_norm": {"renorm": True}})
     assert identity("bn", {"norm": {"kind": "group"}}) != "bn-s0-0f98b76847"
     assert identity("bn", {"head": "global_average"}) != "bn-s0-0f98b76847"
+
+
+def test_two_arms_spelling_the_same_kind_are_refused(cli, write_config):
+    config = write_config({"arms": {"no_bn": {"model.batch_norm.enabled": False}, "none": {"model.norm.kind": "none"}}})
+    assert_error(cli("plan", config), f"{config}: arm no_bn seed 0 and arm none seed 0 would train the same "
+                                      "configuration; make every sweep value and every arm change the run")
 
 
 def assert_error(out, message):
