@@ -109,7 +109,7 @@ def test_plan_shows_each_arms_kind_and_parameter_counts(cli, write_config, tmp_p
     out = cli("plan", config)
     assert out.exit_code == 0, out.output
     rows = [line.split() for line in out.output.splitlines()[1:5]]
-    assert {row[0]: (row[1], row[4], row[5]) for row in rows} == {
+    assert {row[0]: (row[3], row[4], row[5]) for row in rows} == {
         "none": ("none", "587", "0"), "batch": ("batch", "611", "24"),
         "group": ("group", "611", "0"), "layer": ("layer", "611", "0")}
     assert not (tmp_path / "results").exists()
