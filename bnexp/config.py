@@ -123,7 +123,10 @@ class InitializerConfig(Strict):
 
 
 class BatchNormConfig(Strict):
-    enabled: bool = True  # the one switch that tells the arms apart
+    """Where normalisation goes and how it is set; model.norm.kind says which. placement, after_pooling,
+    axis, epsilon, center, scale and use_bias apply to every kind; momentum to the batch kinds."""
+
+    enabled: bool = True  # false: no normalisation, the older spelling of model.norm.kind: none
     placement: Literal["before_activation", "after_activation"] = "before_activation"
     after_pooling: bool = False  # E2 also normalises each pooled map
     axis: int = -1
@@ -131,8 +134,25 @@ class BatchNormConfig(Strict):
     epsilon: float = Field(0.001, gt=0)
     center: bool = True
     scale: bool = True
-    renorm: bool = False
+    renorm: bool = False  # true: the older spelling of model.norm.kind: batch_renorm
     use_bias: bool = True  # bias on the layers BN follows; BN's beta makes it redundant (E4 drops it)
+
+
+NORM_KINDS = ("batch", "batch_renorm", "group", "layer", "none")
+
+
+class NormConfig(Strict):
+    # layer is GroupNormalization with one group, as Wu & He define it: each sample normalised over all
+    # its features (height, width and channels), a scale and shift per channel.
+    kind: Literal[NORM_KINDS] = "batch"
+    groups: PositiveInt = 32  # group only; Wu & He's default. It must divide every normalised layer's channels
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value):
+        if isinstance(value, str) and value not in NORM_KINDS:
+            raise ValueError(f"expected one of {', '.join(NORM_KINDS)}, got {value!r}" + did_you_mean(value, NORM_KINDS))
+        return value
 
 
 class DropoutConfig(Strict):
@@ -149,12 +169,46 @@ class ModelConfig(Strict):
     ] = "relu"
     kernel_initializer: InitializerConfig = InitializerConfig()
     batch_norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = NormConfig()
     dropout: DropoutConfig = DropoutConfig()
+    head: Literal["flatten", "global_average"] = "flatten"  # what feeds the conv stack's maps to the dense layers
 
     @field_validator("kernel_initializer", mode="before")
     @classmethod
     def _initializer_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def norm_kind(self) -> str:
+        """The normalisation this model inserts: model.norm.kind, or what the older batch_norm switches
+        say while the kind is left at batch."""
+        if not self.batch_norm.enabled:
+            return "none"
+        if self.norm.kind == "batch" and self.batch_norm.renorm:
+            return "batch_renorm"
+        return self.norm.kind
+
+    @model_validator(mode="after")
+    def _one_norm_kind(self):
+        kind = self.norm.kind
+        if not self.batch_norm.enabled and kind not in ("batch", "none"):
+            raise ValueError(f"batch_norm.enabled: false means model.norm.kind: none, which contradicts model.norm.kind: "
+                             f"{kind}; give each arm its kind instead, e.g. arms: {{none: {{model.norm.kind: none}}, "
+                             f"{kind}: {{model.norm.kind: {kind}}}}}")
+        # Named at the key the arms usually set (the default arms set enabled, kind arms the kind), so that
+        # the error names the arm.
+        if self.batch_norm.renorm and kind in ("group", "layer"):
+            raise ValueError(f"norm.kind: {kind} contradicts model.batch_norm.renorm: true, the older spelling of "
+                             "model.norm.kind: batch_renorm; set renorm only where the kind is batch, or use "
+                             "model.norm.kind: batch_renorm for that arm")
+        return self
+
+    @model_validator(mode="after")
+    def _global_average_has_maps(self):
+        if self.head == "global_average" and not self.conv:
+            raise ValueError("head: 'global_average' averages the conv blocks' feature maps, but model.conv is empty; "
+                             "allowed without conv blocks: flatten")
+        return self
 
     @model_validator(mode="after")
     def _dropout_has_a_place(self):
@@ -164,6 +218,17 @@ class ModelConfig(Strict):
             if self.dropout.placement == "after_dense" and not self.dense:
                 raise ValueError("dropout.placement: 'after_dense' needs at least one dense layer")
         return self
+
+
+def older_norm_spelling(model: dict) -> dict:
+    """A model section as JSON with norm kinds none and batch_renorm written as batch_norm.enabled: false and
+    batch_norm.renorm: true, the spelling run ids were first given in: both spellings of one network then
+    share a run id, so migrating a config keeps its results and two arms cannot train the same network."""
+    kind = model["norm"]["kind"]
+    if kind in ("none", "batch_renorm"):
+        flag = {"none": {"enabled": False}, "batch_renorm": {"renorm": True}}[kind]
+        model = model | {"batch_norm": model["batch_norm"] | flag, "norm": model["norm"] | {"kind": "batch"}}
+    return model
 
 
 class EarlyStoppingConfig(Strict):

@@ -1,4 +1,4 @@
-"""One model factory for every arm: `model.batch_norm.enabled` is the only BN switch."""
+"""One model factory for every arm: the arm's normalisation kind (ModelConfig.norm_kind) is its only switch."""
 
 from __future__ import annotations
 
@@ -67,31 +67,44 @@ def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: i
 
 
 def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
-    bn, dropout = config.batch_norm, config.dropout
+    bn, dropout, kind = config.batch_norm, config.dropout, config.norm_kind
+    normalized = kind != "none"
 
     def transform(x, layer_cls, name, **kwargs):
-        """layer -> [BN] -> activation -> [BN], the BN placement taken from the config."""
-        use_bias = not (bn.enabled and not bn.use_bias)
+        """layer -> [norm] -> activation -> [norm], the placement taken from the config."""
+        use_bias = not (normalized and not bn.use_bias)
         init = make_initializer(config.kernel_initializer, layer_seed(seed, name))
         x = layer_cls(use_bias=use_bias, kernel_initializer=init, name=name, **kwargs)(x)
-        if bn.enabled and bn.placement == "before_activation":
-            x = normalize(x, f"{name}_bn")
+        if normalized and bn.placement == "before_activation":
+            x = normalize(x, name)
         x = layers.Activation(config.activation, name=f"{name}_act")(x)
-        if bn.enabled and bn.placement == "after_activation":
-            x = normalize(x, f"{name}_bn")
+        if normalized and bn.placement == "after_activation":
+            x = normalize(x, name)
         return x
 
     def normalize(x, name):
+        """The arm's normalisation of `name`'s outputs, named after it (conv_0_bn, conv_0_gn, conv_0_ln)."""
         ndim = len(x.shape)
         if not (-ndim <= bn.axis < ndim and bn.axis % ndim != 0):  # axis 0 is the batch
             raise DataError(
-                f"model.batch_norm.axis: {bn.axis} is not a feature axis of {name[:-3]}'s outputs of shape "
+                f"model.batch_norm.axis: {bn.axis} is not a feature axis of {name}'s outputs of shape "
                 f"{tuple(x.shape[1:])} (data shape {input_shape}); allowed: 1 to {ndim - 1} or -1 to -{ndim - 1}"
             )
-        return layers.BatchNormalization(
-            axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon,
-            center=bn.center, scale=bn.scale, renorm=bn.renorm, name=name,
-        )(x)
+        if kind in ("batch", "batch_renorm"):
+            return layers.BatchNormalization(
+                axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon,
+                center=bn.center, scale=bn.scale, renorm=kind == "batch_renorm", name=f"{name}_bn",
+            )(x)
+        groups, channels = (config.norm.groups if kind == "group" else 1), x.shape[bn.axis]
+        if channels % groups:
+            allowed = [g for g in range(1, channels + 1) if all(c % g == 0 for c in _channels(config, channels))]
+            raise DataError(
+                f"model.norm.groups: {groups} does not divide the {channels} channels of {name}'s outputs; "
+                f"allowed: a divisor of every normalised layer's channels: {', '.join(map(str, allowed))}"
+            )
+        suffix = "gn" if kind == "group" else "ln"
+        return layers.GroupNormalization(groups=groups, axis=bn.axis, epsilon=bn.epsilon, center=bn.center,
+                                         scale=bn.scale, name=f"{name}_{suffix}")(x)
 
     def drop(x, name):
         return layers.Dropout(dropout.rate, seed=layer_seed(seed, name), name=name)(x)
@@ -120,11 +133,13 @@ def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, 
             if dropout.rate and dropout.placement == "before_pooling":
                 x = drop(x, f"dropout_{i}")
             x = layers.MaxPooling2D(block.pool, name=f"pool_{i}")(x)
-            if bn.enabled and bn.after_pooling:
-                x = normalize(x, f"pool_{i}_bn")
+            if normalized and bn.after_pooling:
+                x = normalize(x, f"pool_{i}")
             if dropout.rate and dropout.placement == "after_pooling":
                 x = drop(x, f"dropout_{i}")
-    if len(x.shape) > 2:
+    if len(x.shape) > 2 and config.head == "global_average":
+        x = layers.GlobalAveragePooling2D(name="global_average")(x)
+    elif len(x.shape) > 2:
         x = layers.Flatten(name="flatten")(x)
     for j, units in enumerate(config.dense):
         x = transform(x, layers.Dense, f"dense_{j}", units=units)
@@ -132,7 +147,15 @@ def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, 
             x = drop(x, f"dense_{j}_dropout")
     init = make_initializer(config.kernel_initializer, layer_seed(seed, "output"))
     outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=init, name="output")(x)
-    return keras.Model(inputs, outputs, name="bn" if bn.enabled else "no_bn")
+    return keras.Model(inputs, outputs, name=kind)
+
+
+def _channels(config: ModelConfig, channels: int) -> list[int]:
+    """The channels of every layer the arm normalises, where the config says them (the last axis);
+    else only the `channels` of the layer at hand."""
+    if config.batch_norm.axis != -1:
+        return [channels]
+    return [block.filters for block in config.conv] + list(config.dense)
 
 
 def _map(x) -> str:

@@ -30,8 +30,8 @@ class RunsCheck:
 
 def plan_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (), *,
                     results_dir: Path = Path("results"), data_dir: Path | None = None) -> str:
-    """`bnexp plan`: the table of the experiment's runs (sweep values, arm, seed, run id, parameter
-    counts, status) and its totals, after the checks `bnexp run` makes that need no training."""
+    """`bnexp plan`: the table of the experiment's runs (sweep values, arm, seed, run id, normalisation
+    kind, parameter counts, status) and its totals, after the checks `bnexp run` makes that need no training."""
     config_file, results_dir = Path(config_file), Path(results_dir)
     experiment, runs = load_runs(config_file, overrides, sweeps, data_dir)
     check_same_experiment(experiment, runs, results_dir, config_file)
@@ -77,6 +77,7 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
             "arm": spec.arm,
             "seed": spec.seed,
             "run id": spec.run_id,
+            "norm": spec.config.model.norm_kind,
             "trainable": trainable,
             "non-trainable": frozen,
             "status": PENDING if spec.data_error else run_status(run_dir(results_dir, spec.experiment, spec.run_id)),

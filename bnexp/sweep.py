@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from bnexp.config import DataConfig, ExperimentConfig, RunConfig, load_config
+from bnexp.config import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
 from bnexp.errors import ConfigError, DataError
 from bnexp.store import SpecRecord
 
@@ -97,7 +97,9 @@ def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
     """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config as JSON, and
     the content of its data file when it reads one), so a changed value or file gives a new id (and a
     new run) while an unchanged run keeps its id and is skipped."""
-    as_json = _without_later_defaults(config.model_dump(mode="json"))
+    as_json = config.model_dump(mode="json")
+    as_json["model"] = older_norm_spelling(as_json["model"])
+    as_json = _without_later_defaults(as_json)
     identity = as_json if data_sha256 is None else {"config": as_json, "data_sha256": data_sha256}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
@@ -111,6 +113,8 @@ LATER_FIELDS: dict[str, object] = {
     "data.test_path": None,
     "data.image_size": None,
     "data.color_mode": "rgb",
+    "model.norm": {"kind": "batch", "groups": 32},
+    "model.head": "flatten",
 }
 
 
