@@ -19,7 +19,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from bnexp.config import DataConfig, closest
+from bnexp.config import DataConfig
+from bnexp.validation import closest
 from bnexp.errors import DataError
 
 

@@ -90,6 +90,11 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
               f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
               f"(results in {results_dir / experiment.name})")
     notes = [f"warning: {warning}" for warning in checked.warnings]
+    from bnexp.data import describe_images
+
+    image_folders = dict.fromkeys(spec.config.data for spec in runs
+                                  if spec.config.data.dataset == "images" and not spec.data_error)
+    notes += [f"data: {describe_images(data, data_dir)}" for data in image_folders]
     if checked.missing:
         notes += [f"run ids end in '{UNKNOWN_DATA}' until the data file is there: an id covers the file's content",
                   f"parameter counts need the data ('?' above): {checked.missing}"]

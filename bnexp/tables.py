@@ -439,7 +439,7 @@ def report_tables(exp: Experiment, target_metric: str | None = None,
 
 
 # --- cells for the page: text, with the units in the column headers --------------------------
-# Sweep values are written here as labels (0.001, relu); config.format_value writes them for error
+# Sweep values are written here as labels (0.001, relu); validation.format_value writes them for error
 # messages instead (repr: 'relu' quoted, mappings as YAML), so the two differ on purpose.
 
 def value_label(value) -> str:
