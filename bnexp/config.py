@@ -121,6 +121,9 @@ class BatchNormConfig(Strict):
     scale: bool = True
     renorm: bool = False
     use_bias: bool = True  # bias on the layers BN follows; BN's beta makes it redundant (E4 drops it)
+    # > 0: before every evaluation, BN's moving statistics are recomputed as the mean over this many
+    # training batches (PreciseBN), then put back: early moving averages lag far behind the weights.
+    precise_stats: int = Field(0, ge=0)
 
 
 class DropoutConfig(Strict):
@@ -177,6 +180,10 @@ class TrainConfig(Strict):
     log_every_steps: PositiveInt = 50  # training-loss samples for steps-to-target analysis
     steps_per_execution: PositiveInt = 32  # batches per compiled call: far less Python overhead at small batches
     deterministic: bool = False  # bit-identical reruns on CPU, at some speed cost
+    # > 0: validation loss and accuracy every this many optimizer steps too (history.jsonl step_evals),
+    # for steps-to-target at step resolution; each costs one pass over the validation rows evaluated.
+    eval_every_steps: int = Field(0, ge=0)
+    eval_subset: PositiveInt | None = None  # first N validation rows for those step evaluations; None = all
 
 
 class RunConfig(Strict):

@@ -107,7 +107,11 @@ def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
 # Config fields added after run ids were first handed out (dotted paths). At their default value
 # they are left out of the hash, so adding a field keeps every earlier run's id (and its results);
 # set to anything else, they count like every other field. Add each new field here.
-LATER_FIELDS: dict[str, object] = {}
+LATER_FIELDS: dict[str, object] = {
+    "model.batch_norm.precise_stats": 0,
+    "train.eval_every_steps": 0,
+    "train.eval_subset": None,
+}
 
 
 def _without_later_defaults(as_json: dict) -> dict:
