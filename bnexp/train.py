@@ -262,7 +262,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 def recompute_bn_statistics(model: keras.Model, batches) -> list[tuple]:
     """Set every BN layer's moving statistics to the mean over `batches` of its batch statistics
     (training mode); returns (variable, value before) for every non-trainable variable, to put back."""
-    saved = [(v, keras.ops.convert_to_numpy(v)) for v in model.variables if not v.trainable]
+    saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
     try:
@@ -301,7 +301,7 @@ class StepEvals(keras.callbacks.Callback):
         self.next_step = (step // self.every + 1) * self.every
         if step >= self.epoch_end:
             return
-        kept = [(v, keras.ops.convert_to_numpy(v)) for v in self.model.metrics_variables]
+        kept = [(v, keras.ops.convert_to_numpy(v.value)) for v in self.model.metrics_variables]
         scores = self.model.evaluate(self.x, self.y, batch_size=self.batch_size, verbose=0, return_dict=True,
                                      callbacks=self.callbacks)
         for variable, value in kept:
@@ -342,6 +342,9 @@ class Divergence(keras.callbacks.TerminateOnNaN):
     epoch: int | None = None
     steps: list[int] | None = None
     last_finite = 0
+
+    def on_train_begin(self, logs=None):
+        self.last_finite = int(self.model.optimizer.iterations)  # a resumed run starts past step 0
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
