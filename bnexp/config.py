@@ -185,6 +185,13 @@ class TrainConfig(Strict):
     eval_every_steps: int = Field(0, ge=0)
     eval_subset: PositiveInt | None = None  # first N validation rows for those step evaluations; None = all
 
+    @model_validator(mode="after")
+    def _eval_subset_has_evaluations(self):
+        if self.eval_subset is not None and not self.eval_every_steps:
+            raise ValueError("eval_subset: used only by the evaluations every eval_every_steps steps; "
+                             "set eval_every_steps > 0 or drop eval_subset")
+        return self
+
 
 class RunConfig(Strict):
     """Everything one training run depends on; its hash is the run id."""

@@ -97,8 +97,14 @@ def test_new_fields_are_checked_and_left_out_of_the_run_id_at_their_default(writ
     assert [r.run_id for r in defaults] == [r.run_id for r in plain]
     precise = expand_runs(load_config(path, ["model.batch_norm.precise_stats=5"]), str(path))
     assert precise[1].run_id != plain[1].run_id
-    with pytest.raises(ConfigError, match="precise_stats"):
+    with pytest.raises(ConfigError) as error:
         load_config(path, ["model.batch_norm.precise_stats=-1"])
+    assert str(error.value) == ("--set model.batch_norm.precise_stats=-1: model.batch_norm.precise_stats: "
+                                "expected a number >= 0, got -1")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["train.eval_subset=100"])
+    assert str(error.value) == ("--set train.eval_subset=100: train.eval_subset: used only by the evaluations "
+                                "every eval_every_steps steps; set eval_every_steps > 0 or drop eval_subset")
 
 
 def with_step_evals(rows, evals):
