@@ -122,12 +122,12 @@ def chance_threshold(num_classes: float) -> float:
 def _result_fields(result: dict) -> dict:
     """The columns a run's result.json contributes to the runs table."""
     fields = {"status": result["status"], "error": result.get("error")}
-    steps = result.get("diverged_steps")
-    fields["diverged_steps"] = "–".join(str(int(v)) for v in steps) \
-        if isinstance(steps, list) and len(steps) == 2 and all(is_number(v) for v in steps) else None
     for name in ("epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
                  "trainable_params", "non_trainable_params", "wall_seconds"):
         fields[name] = _number(result.get(name))
+    steps = result.get("diverged_steps")  # as "410–420": the last finite step and the first NaN/inf one
+    fields["diverged_steps"] = "–".join(str(int(v)) for v in steps) \
+        if isinstance(steps, list) and len(steps) == 2 and all(is_number(v) for v in steps) else None
     if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
         fields["test_error"] = 1 - fields["test_accuracy"]
     given = result.get("num_classes")
@@ -204,8 +204,8 @@ def load_experiment(path: Path) -> Experiment:
                                  **{m: _number(row.get(m)) for m in EPOCH_METRICS if m in row}})
             step_rows.extend((run_dir.name, _number(pair[0]), _number(pair[1]))
                              for pair in _list(row.get("step_losses")) if isinstance(pair, list) and len(pair) == 2)
-            eval_rows.extend((run_dir.name, *map(_number, triple))
-                             for triple in _list(row.get("step_evals")) if isinstance(triple, list) and len(triple) == 3)
+            eval_rows.extend((run_dir.name, *map(_number, triple)) for triple in _list(row.get("step_evals"))
+                             if isinstance(triple, list) and len(triple) == 3)
     if planned is not None:
         started = {p.name for p in run_dirs}
         missing += [{"run_id": run_id, "status": NOT_STARTED, "detail": "no spec.json yet"}
@@ -236,8 +236,9 @@ def load_experiment(path: Path) -> Experiment:
 
 def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.DataFrame:
     """Name the sweep-key columns, number the sweep points in sweep order, order the arms."""
-    columns = ["epochs_run", "diverged_epoch", "diverged_steps", "test_loss", "test_accuracy", "test_error",
-               "trainable_params", "non_trainable_params", "wall_seconds", "keras", "backend", "device"]
+    columns = ["epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
+               "trainable_params", "non_trainable_params", "wall_seconds", "diverged_steps", "keras", "backend",
+               "device"]
     if runs.empty:
         return pd.DataFrame(columns=["run_id", "arm", "seed", *keys, "status", "point_id", "arm_order"])
     runs = runs.reindex(columns=[*runs.columns, *(c for c in columns if c not in runs)])

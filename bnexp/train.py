@@ -251,7 +251,8 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.data, self.batches, self.saved = data, batches, None
 
     def on_test_begin(self, logs=None):
-        self.saved = recompute_bn_statistics(self.model, (self.data[i] for i in range(min(self.batches, len(self.data)))))
+        batches = (self.data[i] for i in range(min(self.batches, len(self.data))))
+        self.saved = recompute_bn_statistics(self.model, batches)
 
     def on_test_end(self, logs=None):
         for variable, value in self.saved or ():

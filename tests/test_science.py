@@ -30,7 +30,7 @@ def train_bn_arm(write_config, run_dir, changes):
 
 def test_precise_statistics_change_the_evaluations_but_not_the_training(write_config, tmp_path):
     _, plain, plain_history = train_bn_arm(write_config, tmp_path / "plain", {})
-    spec, precise, precise_history = train_bn_arm(
+    _, precise, precise_history = train_bn_arm(
         write_config, tmp_path / "precise", {"model.batch_norm": {"precise_stats": 2}})
     assert plain["status"] == precise["status"] == "completed"
     for key in ("loss", "accuracy", "step_losses", "step"):
@@ -39,7 +39,7 @@ def test_precise_statistics_change_the_evaluations_but_not_the_training(write_co
         assert one["val_loss"] != other["val_loss"]
     assert precise["test_loss"] != plain["test_loss"]
     spec_json = json.loads((tmp_path / "precise" / "spec.json").read_text())
-    assert spec_json["config"]["model"]["batch_norm"]["precise_stats"] == 2 == spec.config.model.batch_norm.precise_stats
+    assert spec_json["config"]["model"]["batch_norm"]["precise_stats"] == 2
 
 
 def test_recomputed_statistics_are_the_mean_of_the_batch_statistics_and_are_put_back():
