@@ -192,3 +192,23 @@ def test_a_diverged_run_records_its_step_range_and_the_report_shows_it(write_con
     exp = report.load_experiment(writer.plan())
     stability = tables.stability_table(exp.runs, [])
     assert row(stability, arm="no_bn").diverged_epochs == "2 (steps 410–420), 2"
+
+
+def test_a_run_with_precise_statistics_resumes_to_the_same_numbers(write_config, tmp_path):
+    # The checkpoint is saved after the validation put the moving statistics back, so a resumed run
+    # continues from the training state, not from the recomputed statistics.
+    path = write_config({"train.epochs": 3, "train.deterministic": True, "model.batch_norm": {"precise_stats": 2}})
+    spec = expand_runs(load_config(path), str(path))[1]
+    whole = train_run(spec, tmp_path / "whole", None)
+
+    def interrupt_in_epoch_2(_, record):  # history.jsonl has epoch 2; the checkpoint is still epoch 1
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, tmp_path / "resumed", None, on_epoch=interrupt_in_epoch_2)
+    resumed = train_run(spec, tmp_path / "resumed", None)
+    assert resumed["resumed_from_epoch"] == 1
+    assert [[r["loss"], r["val_loss"]] for r in history(tmp_path / "resumed")] == \
+        [[r["loss"], r["val_loss"]] for r in history(tmp_path / "whole")]
+    assert resumed["test_loss"] == whole["test_loss"]
