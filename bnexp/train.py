@@ -246,7 +246,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     states that the training-mode passes advanced) is put back, so training goes on as without it.
     """
 
-    def __init__(self, data: "EpochBatches", batches: int):
+    def __init__(self, data: EpochBatches, batches: int):
         super().__init__()
         self.data, self.batches, self.saved = data, batches, None
 
@@ -263,8 +263,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 def recompute_bn_statistics(model: keras.Model, batches) -> list[tuple]:
     """Set every BN layer's moving statistics to the mean over `batches` of its batch statistics
     (training mode); returns (variable, value before) for every non-trainable variable, to put back."""
-    saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:  # the no-BN arm: nothing to recompute, so no forward passes to pay for
+        return []
+    saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]
     momenta = [layer.momentum for layer in layers]
     try:
         for i, (x, _) in enumerate(batches, 1):

@@ -61,6 +61,8 @@ def test_recomputed_statistics_are_the_mean_of_the_batch_statistics_and_are_put_
     saved = recompute_bn_statistics(model, iter(batches[:1]))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), [2, 3, 4])
     assert len(saved) == 2
+    plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert recompute_bn_statistics(plain, iter(batches)) == []  # no BN: nothing run, nothing to put back
 
 
 def test_validation_every_n_steps_is_recorded_without_changing_the_training(write_config, tmp_path, monkeypatch):
