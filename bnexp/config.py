@@ -135,6 +135,9 @@ class BatchNormConfig(Strict):
     scale: bool = True
     renorm: bool = False  # true: the older spelling of model.norm.kind: batch_renorm
     use_bias: bool = True  # bias on the layers BN follows; BN's beta makes it redundant (E4 drops it)
+    # > 0: before every evaluation, BN's moving statistics are recomputed as the mean over this many
+    # training batches (PreciseBN), then put back: early moving averages lag far behind the weights.
+    precise_stats: int = Field(0, ge=0)
 
 
 NORM_KINDS = ("batch", "batch_renorm", "group", "layer", "none")
@@ -253,6 +256,17 @@ class TrainConfig(Strict):
     log_every_steps: PositiveInt = 50  # training-loss samples for steps-to-target analysis
     steps_per_execution: PositiveInt = 32  # batches per compiled call: far less Python overhead at small batches
     deterministic: bool = False  # bit-identical reruns on CPU, at some speed cost
+    # > 0: validation loss and accuracy every this many optimizer steps too (history.jsonl step_evals),
+    # for steps-to-target at step resolution; each costs one pass over the validation rows evaluated.
+    eval_every_steps: int = Field(0, ge=0)
+    eval_subset: PositiveInt | None = None  # first N validation rows for those step evaluations; None = all
+
+    @model_validator(mode="after")
+    def _eval_subset_has_evaluations(self):
+        if self.eval_subset is not None and not self.eval_every_steps:
+            raise ValueError("eval_subset: used only by the evaluations every eval_every_steps steps; "
+                             "set eval_every_steps > 0 or drop eval_subset")
+        return self
 
 
 class RunConfig(Strict):

@@ -20,13 +20,16 @@ import pandas as pd
 
 from bnexp.data import builtin_num_classes
 from bnexp.errors import ResultsError
-from bnexp.metrics import EPOCH_METRICS
+from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
 from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, HISTORY, INCOMPLETE, NOT_STARTED, RESULT, RUNNING, SPEC,
                          is_locked, read_experiment, read_history, read_result, read_spec)
 
 # A completed run is "stuck at chance" when its final accuracy is at most chance plus this
 # margin: 5 points, or half the chance rate when that is smaller (many classes).
 CHANCE_MARGIN = 0.05
+
+
+STEP_EVAL_COLUMNS = ["run_id", "step", VAL_LOSS, VAL_ACCURACY]
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Experiment:
     step_losses: pd.DataFrame
     missing: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    # [run_id, step, val_loss, val_accuracy] from history.jsonl's step_evals (train.eval_every_steps)
+    step_evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STEP_EVAL_COLUMNS))
 
     @functools.cached_property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -97,6 +102,17 @@ def _num_classes(config: dict) -> int | None:
     return builtin_num_classes(str(data.get("dataset", "")))
 
 
+def _precise_stats(config: dict) -> int:
+    """model.batch_norm.precise_stats of the run's config: 0 when absent (off, or an older bnexp) and
+    for a run without BN, which has no statistics to recompute."""
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    batch_norm = model.get("batch_norm") if isinstance(model.get("batch_norm"), dict) else {}
+    value = batch_norm.get("precise_stats", 0)
+    if batch_norm.get("enabled") is False or not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return value
+
+
 def chance_threshold(num_classes: float) -> float:
     """Highest final accuracy that still counts as stuck at chance for `num_classes` classes."""
     chance = 1 / num_classes
@@ -109,6 +125,9 @@ def _result_fields(result: dict) -> dict:
     for name in ("epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
                  "trainable_params", "non_trainable_params", "wall_seconds"):
         fields[name] = _number(result.get(name))
+    steps = result.get("diverged_steps")  # as "410–420": the last finite step and the first NaN/inf one
+    fields["diverged_steps"] = "–".join(str(int(v)) for v in steps) \
+        if isinstance(steps, list) and len(steps) == 2 and all(is_number(v) for v in steps) else None
     if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
         fields["test_error"] = 1 - fields["test_accuracy"]
     given = result.get("num_classes")
@@ -148,7 +167,7 @@ def load_experiment(path: Path) -> Experiment:
             warnings.append(f"{len(stale)} run folder(s) not in the current plan (experiment.json) were left out")
         run_dirs = [p for p in run_dirs if p.name in planned]
 
-    records, history_rows, step_rows, missing = [], [], [], []
+    records, history_rows, step_rows, eval_rows, missing = [], [], [], [], []
     point_keys: list[str] = []
     for run_dir in run_dirs:
         try:
@@ -170,7 +189,7 @@ def load_experiment(path: Path) -> Experiment:
         record = {"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
                   **{f"point:{k}": _point_value(v) for k, v in point.items()},
                   "status": RUNNING if result is None and is_locked(run_dir) else INCOMPLETE,
-                  "error": None, "num_classes": _num_classes(config)}
+                  "error": None, "num_classes": _num_classes(config), "precise_stats": _precise_stats(config)}
         if result is not None:
             record.update(_result_fields(result))
         records.append(record)
@@ -185,6 +204,8 @@ def load_experiment(path: Path) -> Experiment:
                                  **{m: _number(row.get(m)) for m in EPOCH_METRICS if m in row}})
             step_rows.extend((run_dir.name, _number(pair[0]), _number(pair[1]))
                              for pair in _list(row.get("step_losses")) if isinstance(pair, list) and len(pair) == 2)
+            eval_rows.extend((run_dir.name, *map(_number, triple)) for triple in _list(row.get("step_evals"))
+                             if isinstance(triple, list) and len(triple) == 3)
     if planned is not None:
         started = {p.name for p in run_dirs}
         missing += [{"run_id": run_id, "status": NOT_STARTED, "detail": "no spec.json yet"}
@@ -209,14 +230,15 @@ def load_experiment(path: Path) -> Experiment:
         runs=runs, history=history,
         step_losses=pd.DataFrame(step_rows, columns=["run_id", "step", "loss"]),
         missing=pd.DataFrame(missing, columns=["run_id", "arm", "seed", "status", "detail"]),
-        warnings=warnings,
+        warnings=warnings, step_evals=pd.DataFrame(eval_rows, columns=STEP_EVAL_COLUMNS),
     )
 
 
 def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.DataFrame:
     """Name the sweep-key columns, number the sweep points in sweep order, order the arms."""
     columns = ["epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
-               "trainable_params", "non_trainable_params", "wall_seconds", "keras", "backend", "device"]
+               "trainable_params", "non_trainable_params", "wall_seconds", "diverged_steps", "keras", "backend",
+               "device"]
     if runs.empty:
         return pd.DataFrame(columns=["run_id", "arm", "seed", *keys, "status", "point_id", "arm_order"])
     runs = runs.reindex(columns=[*runs.columns, *(c for c in columns if c not in runs)])

@@ -17,7 +17,7 @@ import pandas as pd
 from bnexp import __version__, plots, tables
 from bnexp.errors import ResultsError
 from bnexp.experiment import CHANCE_MARGIN, Experiment, is_number, load_experiment, sort_key
-from bnexp.metrics import LOSS
+from bnexp.metrics import LOSS, VAL_ACCURACY, VAL_LOSS
 from bnexp.page import Plot, Section, Table, report_files, slug
 from bnexp.store import FINAL_STATUSES, experiment_dirs, write_tree
 from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, short_key, value_label
@@ -178,6 +178,9 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
         return section
     finer = " The training loss is also checked in the per-step log (train.log_every_steps)." \
         if target.metric == LOSS else ""
+    if target.metric in (VAL_LOSS, VAL_ACCURACY) and not exp.step_evals.empty:
+        finer = (f" {target.metric} is also checked at the evaluations every train.eval_every_steps steps, "
+                 f"for the {exp.step_evals.run_id.nunique()} run(s) that made them.")
     section.explanation = (
         f"Target: {target.describe()} ({target.how}). First optimizer step, and the epoch it falls in, "
         f"at which each run reaches it, checked at the end of every epoch.{finer} Speed-up: {ref}'s mean "
@@ -185,7 +188,7 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
     )
     if target.metric not in exp.history or exp.history[target.metric].isna().all():
         section.notes.append(f"No run logged {target.metric}: every run shows as not reached.")
-    per_run = tables.steps_per_run(exp.runs, exp.history, exp.step_losses, target)
+    per_run = tables.steps_per_run(exp.runs, exp.history, exp.step_losses, target, exp.step_evals)
     raw = tables.steps_table(exp.runs, per_run, keys, exp.arms, ref)
     if raw.empty:
         section.notes.append("No run has logged an epoch yet.")
@@ -218,7 +221,8 @@ def _stability_section(exp: Experiment) -> Section:
     raw = tables.stability_table(exp.runs, keys)
     section = Section(
         "stability", "Stability",
-        "Diverged runs (training loss NaN or infinite; the epoch where it happened) and completed runs "
+        "Diverged runs (training loss NaN or infinite; the epoch where it happened and, in brackets, the last "
+        "optimizer step seen with a finite loss and the first seen without) and completed runs "
         "stuck at chance: final validation accuracy (test accuracy without a validation split) at most "
         f"1/K + min({CHANCE_MARGIN * 100:.0f} points, half of 1/K) for K classes. A run trained if it "
         "completed and is not stuck.",
@@ -373,6 +377,13 @@ def _header_facts(exp: Experiment) -> list[tuple[str, str]]:
         facts.append((f"swept {key}", ", ".join(value_label(v) for v in values)))
     if exp.config_file:
         facts.append(("config", exp.config_file))
+    precise = runs[runs.precise_stats > 0] if "precise_stats" in runs else runs.iloc[:0]
+    if not precise.empty:
+        facts.append(("precise BN statistics", "; ".join(
+            f"{arm}: {len(group)} of {int((runs.arm == arm).sum())} runs, from "
+            f"{', '.join(str(int(n)) for n in sorted(set(group.precise_stats)))} training batches"
+            for arm, group in precise.groupby("arm", sort=False)) + " (model.batch_norm.precise_stats: BN's moving "
+            "statistics recomputed before every evaluation)"))
     environments = runs.dropna(subset=["keras"])[["keras", "backend", "device"]].drop_duplicates()
     if not environments.empty:
         facts.append(("trained with", "; ".join(f"Keras {k} ({b}) on {d}" for k, b, d in

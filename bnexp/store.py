@@ -85,6 +85,7 @@ class HistoryRow(TypedDict, total=False):
     learning_rate: float
     epoch_seconds: float
     step_losses: list[list[float]]  # [global step, mean training loss since the previous pair]
+    step_evals: list[list[float]]  # [global step, val_loss, val_accuracy] every train.eval_every_steps steps
 
 
 class ResultRecord(TypedDict, total=False):
@@ -93,6 +94,7 @@ class ResultRecord(TypedDict, total=False):
     status: str  # one of RESULT_STATUSES
     epochs_run: int
     diverged_epoch: int | None
+    diverged_steps: list[int] | None  # [last step seen with a finite loss, first seen with a NaN/inf one]
     error: str | None
     resumed_from_epoch: int | None
     test_loss: float | None

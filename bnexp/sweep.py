@@ -115,6 +115,9 @@ LATER_FIELDS: dict[str, object] = {
     "data.color_mode": "rgb",
     "model.norm": {"kind": "batch", "groups": 32},
     "model.head": "flatten",
+    "model.batch_norm.precise_stats": 0,
+    "train.eval_every_steps": 0,
+    "train.eval_subset": None,
 }
 
 

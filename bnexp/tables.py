@@ -18,7 +18,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from bnexp.experiment import Experiment, final_values, is_number
-from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, is_accuracy
+from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
 
 CONFIDENCE = 0.95
@@ -278,16 +278,19 @@ def _first_reached(values: pd.Series, steps: pd.Series, target: Target) -> float
 
 
 def steps_per_run(runs: pd.DataFrame, history: pd.DataFrame, step_losses: pd.DataFrame,
-                  target: Target) -> pd.DataFrame:
+                  target: Target, step_evals: pd.DataFrame | None = None) -> pd.DataFrame:
     """For every run with a history: the first step and epoch at which it meets the target.
 
-    Epoch-end values are checked; for the training loss, the per-step log is checked too and
-    the earlier of the two wins. The epoch is the one during which that step fell.
+    Epoch-end values are checked; so is the per-step log, where there is one for the metric:
+    step_losses for the training loss, step_evals (train.eval_every_steps) for val_loss and
+    val_accuracy; the earliest step wins. The epoch is the one during which that step fell.
     """
     rows = []
     logged = history.sort_values(["run_id", "epoch"]).groupby("run_id")
-    fine = step_losses.sort_values(["run_id", "step"]).groupby("run_id") if not step_losses.empty else None
-    fine_ids = set(step_losses.run_id) if not step_losses.empty else set()
+    finer = {LOSS: step_losses, VAL_LOSS: step_evals, VAL_ACCURACY: step_evals}.get(target.metric)
+    if finer is not None and (finer.empty or target.metric not in finer):
+        finer = None
+    fine = finer.sort_values(["run_id", "step"]).groupby("run_id") if finer is not None else None
     for run in runs.itertuples():
         if run.run_id not in logged.groups:
             continue
@@ -295,9 +298,9 @@ def steps_per_run(runs: pd.DataFrame, history: pd.DataFrame, step_losses: pd.Dat
         step = np.nan
         if target.metric in epochs:
             step = _first_reached(epochs[target.metric], epochs.step, target)
-        if target.metric == LOSS and run.run_id in fine_ids:
+        if fine is not None and run.run_id in fine.groups:
             per_step = fine.get_group(run.run_id)
-            step = np.nanmin([step, _first_reached(per_step.loss, per_step.step, target)])
+            step = np.nanmin([step, _first_reached(per_step[target.metric], per_step.step, target)])
         epoch = np.nan
         if not np.isnan(step):
             later = epochs[epochs.step >= step]
@@ -352,7 +355,10 @@ def stability_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for _, group in _by_point_and_arm(runs):
         finished = group[group.status.isin(FINAL_STATUSES)]
         diverged = finished[finished.status == DIVERGED]
-        epochs = ", ".join(str(int(e)) for e in diverged.diverged_epoch.dropna().sort_values())
+        diverged = diverged.dropna(subset=["diverged_epoch"]).sort_values("diverged_epoch")
+        # "3 (steps 410–420)": the loss was finite at step 410 and not at step 420 (result.json diverged_steps)
+        epochs = ", ".join(str(int(epoch)) + (f" (steps {steps})" if isinstance(steps, str) else "")
+                           for epoch, steps in zip(diverged.diverged_epoch, diverged.diverged_steps))
         rows.append({
             **_point_columns(group, keys), "arm": group.arm.iloc[0], "finished": len(finished),
             "diverged": len(diverged), "diverged_epochs": epochs,
@@ -424,7 +430,7 @@ def report_tables(exp: Experiment, target_metric: str | None = None,
     the report leaves out for lack of data is an empty frame here."""
     keys, ref, runs = exp.sweep_keys, exp.reference_arm, exp.runs
     target = resolve_target(runs, exp.history, keys, ref, target_metric, target_value)
-    per_run = steps_per_run(runs, exp.history, exp.step_losses, target) if target else pd.DataFrame()
+    per_run = steps_per_run(runs, exp.history, exp.step_losses, target, exp.step_evals) if target else pd.DataFrame()
     return {
         "test_error": test_error_table(runs, keys),
         "paired_difference": paired_table(runs, keys, exp.arms, ref),

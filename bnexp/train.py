@@ -60,7 +60,7 @@ def train_run(
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # not this run's: never resume from it
     write_spec(run_dir, record)
     history: list[HistoryRow] = []
-    result = ResultRecord(status=FAILED, epochs_run=0, diverged_epoch=None, error=None,
+    result = ResultRecord(status=FAILED, epochs_run=0, diverged_epoch=None, diverged_steps=None, error=None,
                           test_loss=None, test_accuracy=None, test_error=None,
                           trainable_params=None, non_trainable_params=None, num_classes=None,
                           resumed_from_epoch=None)
@@ -111,12 +111,22 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list[HistoryRow], 
     batches = EpochBatches(data.x_train, data.y_train, config.seed, train.batch_size, train.steps_per_epoch)
     step_log = StepLossLog(train.log_every_steps)
     divergence = Divergence()
+    # Evaluation needs no small batches (BN uses its moving statistics); one size for validation and
+    # test traces the evaluation function once. E2 on 12k images: 0.9 s at 1024 instead of 1.4 s at 16.
+    eval_batch = max(train.batch_size, 1024)
+    # Keras calls on_test_begin/on_test_end around every evaluate, the validation inside fit included.
+    precise = [PreciseBatchNorm(batches, config.model.batch_norm.precise_stats)] \
+        if config.model.batch_norm.precise_stats else []
+    step_evals = StepEvals(train.eval_every_steps, data.x_val[:train.eval_subset], data.y_val[:train.eval_subset],
+                           eval_batch, precise) if train.eval_every_steps and len(data.x_val) else None
     # Order matters: every callback's on_epoch_end runs before Keras acts on stop_training, so the
     # epoch is recorded and reported first, and the checkpoint, last, sees whether the run stops.
     callbacks = [
         batches.callback,
+        *precise,
         step_log,
-        HistoryLog(run_dir / HISTORY, history, step_log),
+        *([step_evals] if step_evals else []),
+        HistoryLog(run_dir / HISTORY, history, step_log, step_evals),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(history[-1])),
         divergence,
         *([stopping] if stopping else []),
@@ -124,17 +134,15 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list[HistoryRow], 
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    # Evaluation needs no small batches (BN uses its moving statistics); one size for validation and
-    # test traces the evaluation function once. E2 on 12k images: 0.9 s at 1024 instead of 1.4 s at 16.
-    eval_batch = max(train.batch_size, 1024)
     # shuffle=False: Keras would otherwise serve the batches of an epoch in a random order of its own.
     model.fit(batches, epochs=train.epochs, initial_epoch=len(history), shuffle=False,
               validation_data=(data.x_val, data.y_val), validation_batch_size=eval_batch, callbacks=callbacks,
               verbose=0)
     if divergence.epoch:
-        result.update(status=DIVERGED, diverged_epoch=divergence.epoch)
+        result.update(status=DIVERGED, diverged_epoch=divergence.epoch, diverged_steps=divergence.steps)
         return
-    test = model.evaluate(data.x_test, data.y_test, batch_size=eval_batch, verbose=0, return_dict=True)
+    test = model.evaluate(data.x_test, data.y_test, batch_size=eval_batch, verbose=0, return_dict=True,
+                          callbacks=precise)
     result.update(status=COMPLETED, test_loss=float(test[LOSS]), test_accuracy=float(test[ACCURACY]),
                   test_error=1.0 - float(test[ACCURACY]))
 
@@ -227,12 +235,90 @@ class StepLossLog(keras.callbacks.Callback):
             self.next_step = (step // self.every + 1) * self.every
 
 
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Evaluates BN with population statistics (PreciseBN, Wu & Johnson 2021) without changing training.
+
+    Before an evaluation every BatchNormalization layer's moving mean and variance become the mean
+    of the batch means and variances over the first `batches` training batches of the current
+    epoch's order: the model runs in training mode on them with each layer's momentum at
+    (i - 1) / i for the i-th batch, which makes the moving average an exact running mean. After
+    the evaluation every non-trainable variable (moving statistics, and the dropout layers' seed
+    states that the training-mode passes advanced) is put back, so training goes on as without it.
+    """
+
+    def __init__(self, data: EpochBatches, batches: int):
+        super().__init__()
+        self.data, self.batches, self.saved = data, batches, None
+
+    def on_test_begin(self, logs=None):
+        batches = (self.data[i] for i in range(min(self.batches, len(self.data))))
+        self.saved = recompute_bn_statistics(self.model, batches)
+
+    def on_test_end(self, logs=None):
+        for variable, value in self.saved or ():
+            variable.assign(value)
+        self.saved = None
+
+
+def recompute_bn_statistics(model: keras.Model, batches) -> list[tuple]:
+    """Set every BN layer's moving statistics to the mean over `batches` of its batch statistics
+    (training mode); returns (variable, value before) for every non-trainable variable, to put back."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:  # the no-BN arm: nothing to recompute, so no forward passes to pay for
+        return []
+    saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for i, (x, _) in enumerate(batches, 1):
+            for layer in layers:
+                layer.momentum = (i - 1) / i
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return saved
+
+
+class StepEvals(keras.callbacks.Callback):
+    """Validation loss and accuracy every `every` optimizer steps, as [step, val_loss, val_accuracy].
+
+    Steps fall as in StepLossLog (the first callback at or past each multiple); a step that ends
+    the epoch is left to the epoch's own validation. Keras' evaluate resets the metrics the
+    training loop accumulates for the epoch, so their values are put back after it.
+    """
+
+    def __init__(self, every: int, x: np.ndarray, y: np.ndarray, batch_size: int, callbacks: list):
+        super().__init__()
+        self.every, self.x, self.y, self.batch_size, self.callbacks = every, x, y, batch_size, callbacks
+        self.samples: list[list[float]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        self.samples, self.epoch_end = [], step + self.params["steps"]
+        self.next_step = (step // self.every + 1) * self.every
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        if step < self.next_step:
+            return
+        self.next_step = (step // self.every + 1) * self.every
+        if step >= self.epoch_end:
+            return
+        kept = [(v, keras.ops.convert_to_numpy(v.value)) for v in self.model.metrics_variables]
+        scores = self.model.evaluate(self.x, self.y, batch_size=self.batch_size, verbose=0, return_dict=True,
+                                     callbacks=self.callbacks)
+        for variable, value in kept:
+            variable.assign(value)
+        self.samples.append([step, float(scores[LOSS]), float(scores[ACCURACY])])
+
+
 class HistoryLog(keras.callbacks.Callback):
     """Appends each epoch's record to `history` and rewrites history.jsonl with it."""
 
-    def __init__(self, path: Path, history: list[HistoryRow], step_log: StepLossLog):
+    def __init__(self, path: Path, history: list[HistoryRow], step_log: StepLossLog,
+                 step_evals: StepEvals | None = None):
         super().__init__()
-        self.path, self.history, self.step_log = path, history, step_log
+        self.path, self.history, self.step_log, self.step_evals = path, history, step_log, step_evals
 
     def on_epoch_begin(self, epoch, logs=None):
         self.tic = time.perf_counter()
@@ -245,15 +331,32 @@ class HistoryLog(keras.callbacks.Callback):
             learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             epoch_seconds=round(time.perf_counter() - self.tic, 4),
             step_losses=self.step_log.samples,
+            **({"step_evals": self.step_evals.samples} if self.step_evals else {}),
         ))
         write_history(self.path, self.history)
 
 
 class Divergence(keras.callbacks.TerminateOnNaN):
     """Keras' TerminateOnNaN (stop at the first NaN/inf batch loss), plus the epoch whose loss was not
-    finite, which ends the run as `diverged`."""
+    finite, which ends the run as `diverged`, and `steps`: [the last optimizer step seen with a finite
+    loss, the first seen with a NaN/inf one]. Keras calls back once per steps_per_execution batches,
+    so the loss went bad at a step in between."""
 
     epoch: int | None = None
+    steps: list[int] | None = None
+    last_finite = 0
+
+    def on_train_begin(self, logs=None):
+        self.last_finite = int(self.model.optimizer.iterations)  # a resumed run starts past step 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        if logs and LOSS in logs and self.steps is None:
+            if math.isfinite(float(logs[LOSS])):
+                self.last_finite = step
+            else:
+                self.steps = [self.last_finite, step]
+        super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(logs[LOSS]):

@@ -31,10 +31,11 @@ def test_both_arms_see_the_same_batches_in_the_same_order(write_config, tmp_path
         train_run(spec, tmp_path / spec.run_id, None)
     seen = {name: [np.concatenate([batches[i] for i in sorted(batches)]) for _, batches in sorted(epochs.items())]
             for name, epochs in served.items()}
-    assert len(seen["no_bn"]) == len(seen["bn"]) == 2
-    for a, b in zip(seen["no_bn"], seen["bn"]):
+    no_bn_batches, bn_batches = seen.values()  # keyed by model name, one per arm, in training order
+    assert len(no_bn_batches) == len(bn_batches) == 2
+    for a, b in zip(no_bn_batches, bn_batches):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(seen["bn"][0], seen["bn"][1])  # reshuffled every epoch
+    assert not np.array_equal(bn_batches[0], bn_batches[1])  # reshuffled every epoch
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():

@@ -2,6 +2,7 @@
 
 import json
 import math
+import types
 
 import keras
 import numpy as np
@@ -80,6 +81,7 @@ def test_one_fit_trains_as_one_fit_per_epoch_on_the_epochs_order(write_config, t
 
 class FakeModel:
     stop_training = False
+    optimizer = types.SimpleNamespace(iterations=0)  # Divergence reads the step from it
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
