@@ -58,7 +58,7 @@ def run_row(run_dir: Path) -> dict[str, str]:
     done = len(read_history(run_dir / HISTORY))
     detail = {
         COMPLETED: lambda: f"test error {result.get('test_error', float('nan')):.4f}",
-        DIVERGED: lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}",
+        DIVERGED: lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}" + _steps(result),
         FAILED: lambda: f"{result.get('error')} (retried by the next bnexp run)",
         RUNNING: lambda: "another bnexp process holds its lock",
         INCOMPLETE: lambda: ("interrupted; resumes from its last checkpoint" if (run_dir / CHECKPOINT).exists()
@@ -66,3 +66,9 @@ def run_row(run_dir: Path) -> dict[str, str]:
         PENDING: lambda: "",
     }.get(status, lambda: "")()
     return {"run": run_dir.name, "status": status, "epochs": f"{done}/{planned}" if spec else "", "detail": detail}
+
+
+def _steps(result: dict) -> str:
+    """The optimizer steps between which the loss went NaN, when the run recorded them."""
+    steps = result.get("diverged_steps")
+    return f" (steps {steps[0]}-{steps[1]})" if steps else ""

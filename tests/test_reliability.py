@@ -417,7 +417,7 @@ def test_status_lists_every_state_of_a_sweep(write_config, tmp_path):
     config = write_config({"seeds": [0, 1, 2]})
     results = tmp_path / "results"
     dirs = record_runs(config, results, [{"status": "completed", "test_error": 0.125},
-                                         {"status": "diverged", "diverged_epoch": 3},
+                                         {"status": "diverged", "diverged_epoch": 3, "diverged_steps": [410, 420]},
                                          {"status": "failed", "error": "MemoryError: out of memory"}, {}, {}])
     (dirs[4] / "checkpoint.keras").write_bytes(b"")
     with run_lock(dirs[3]):
@@ -425,7 +425,7 @@ def test_status_lists_every_state_of_a_sweep(write_config, tmp_path):
     assert out.exit_code == 0, out.output
     rows = {line.split()[0]: line.split(None, 3)[1:] for line in out.output.splitlines()[1:7]}
     assert rows[dirs[0].name] == ["completed", "1/1", "test error 0.1250"]
-    assert rows[dirs[1].name] == ["diverged", "1/1", "loss NaN or infinite in epoch 3"]
+    assert rows[dirs[1].name] == ["diverged", "1/1", "loss NaN or infinite in epoch 3 (steps 410-420)"]
     assert rows[dirs[2].name] == ["failed", "1/1", "MemoryError: out of memory (retried by the next bnexp run)"]
     assert rows[dirs[3].name] == ["running", "1/1", "another bnexp process holds its lock"]
     assert rows[dirs[4].name] == ["incomplete", "1/1", "interrupted; resumes from its last checkpoint"]
