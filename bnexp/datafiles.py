@@ -146,7 +146,7 @@ def _read_mnist(data_dir: Path) -> tuple[Arrays, str]:
     for candidate in candidates:
         if candidate.is_file():
             return read_npz(candidate), str(candidate)
-    raise DataError(f"MNIST not found: looked for {_join(candidates)}")
+    raise DataError(f"MNIST not found: looked for {_join(candidates)}{_WHERE}")
 
 
 _FASHION_FILES = (
@@ -168,7 +168,7 @@ def _read_fashion_mnist(data_dir: Path) -> tuple[Arrays, str]:
                 for file, magic in zip(_FASHION_FILES, (_IDX_IMAGES, _IDX_LABELS) * 2)
             )
             return Arrays(x_train, y_train, x_test, y_test), str(folder)
-    raise DataError(f"Fashion-MNIST not found: looked for {', '.join(_FASHION_FILES)} in {_join(folders)}")
+    raise DataError(f"Fashion-MNIST not found: looked for {', '.join(_FASHION_FILES)} in {_join(folders)}{_WHERE}")
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -210,7 +210,7 @@ def _read_cifar10(data_dir: Path) -> tuple[Arrays, str]:
         if archive.is_file():
             return _cifar_arrays(_read_cifar_archive(archive), archive), str(archive)
         looked += [folder, archive]
-    raise DataError(f"CIFAR-10 not found: looked for {_join(looked)}")
+    raise DataError(f"CIFAR-10 not found: looked for {_join(looked)}{_WHERE}")
 
 
 def _read_cifar_folder(folder: Path) -> dict[str, bytes]:
@@ -355,6 +355,10 @@ def _suggest(name: str, columns: list[str]) -> str:
     hint = f" (did you mean {close!r}?)" if close else ""
     shown = ", ".join(columns[:10]) + (f", ... ({len(columns)} columns)" if len(columns) > 10 else "")
     return f"{hint}; columns: {shown}"
+
+
+# What would work when a built-in dataset's files are not in the data folder.
+_WHERE = "; give --data-dir (or BNEXP_DATA_DIR) the folder that holds them, or leave it out to let Keras download them"
 
 
 def _join(paths) -> str:

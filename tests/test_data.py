@@ -296,6 +296,9 @@ def test_dataset_info_knows_the_builtin_shapes_without_files(tmp_path, leaf_csv)
     assert dataset_info(csv_config(leaf_csv), None) == ((3,), 3)
 
 
+WHERE = "; give --data-dir (or BNEXP_DATA_DIR) the folder that holds them, or leave it out to let Keras download them"
+
+
 @pytest.mark.parametrize("dataset, message", [
     ("mnist", "MNIST not found: looked for {d}/mnist.npz, {d}/mnist/mnist.npz"),
     ("fashion_mnist", "Fashion-MNIST not found: looked for train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
@@ -306,7 +309,7 @@ def test_dataset_info_knows_the_builtin_shapes_without_files(tmp_path, leaf_csv)
 def test_missing_files_name_the_paths_looked_at(tmp_path, dataset, message):
     with pytest.raises(DataError) as error:
         load_dataset(make_config(dataset=dataset), tmp_path)
-    assert str(error.value) == message.format(d=tmp_path)
+    assert str(error.value) == message.format(d=tmp_path) + WHERE
 
 
 @pytest.fixture
