@@ -266,6 +266,11 @@ class TrainConfig(Strict):
         if self.eval_subset is not None and not self.eval_every_steps:
             raise ValueError("eval_subset: used only by the evaluations every eval_every_steps steps; "
                              "set eval_every_steps > 0 or drop eval_subset")
+        # Keras calls back once per steps_per_execution steps, so other step counts would not be kept.
+        if self.eval_every_steps % self.steps_per_execution:
+            raise ValueError(f"eval_every_steps: {self.eval_every_steps} is not a multiple of steps_per_execution "
+                             f"{self.steps_per_execution}, the steps between Keras' callbacks; use a multiple of it "
+                             f"or set steps_per_execution to a divisor of {self.eval_every_steps}")
         return self
 
 

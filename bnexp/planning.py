@@ -129,7 +129,7 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
                 datasets[config.data] = (config.data.dataset, *dataset_info(config.data, data_dir), None)
         name, input_shape, num_classes, train_samples = datasets[config.data]
         if train_samples is not None:
-            _check_batches(config.train, name, train_samples)
+            _check_batches(config, name, train_samples)
         model_key = _model_key(spec)
         if model_key not in checked.params:
             checked.params[model_key] = _check_model(config, name, input_shape, num_classes)
@@ -137,8 +137,10 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
     return checked
 
 
-def _check_batches(train: TrainConfig, name: str, samples: int) -> None:
-    """Refuse a batch or an epoch the training part cannot fill: training would silently use less."""
+def _check_batches(config: RunConfig, name: str, samples: int) -> None:
+    """Refuse a batch, an epoch or a count of batches the training part cannot fill, and step
+    evaluations that would never fall inside an epoch: training would silently do less than asked."""
+    train = config.train
     if train.batch_size > samples:
         raise DataError(
             f"{name}: train.batch_size: {train.batch_size} is more than the {samples} samples of the training part "
@@ -150,6 +152,20 @@ def _check_batches(train: TrainConfig, name: str, samples: int) -> None:
             f"{name}: train.steps_per_epoch: {train.steps_per_epoch} is more than the {batches} batches of "
             f"{train.batch_size} that the {samples} training samples give (an epoch sees each sample at most once); "
             f"allowed: 1 to {batches}, or leave it unset for the whole training part"
+        )
+    batches = train.steps_per_epoch or batches
+    precise = config.model.batch_norm.precise_stats
+    if precise > batches:
+        raise DataError(
+            f"{name}: model.batch_norm.precise_stats: {precise} is more than the {batches} training batches of an "
+            f"epoch (batch_size {train.batch_size}); allowed: 1 to {batches}, or 0 for Keras' moving averages"
+        )
+    every, steps = train.eval_every_steps, batches * train.epochs
+    if every and not any(step % batches for step in range(every, steps, every)):
+        raise DataError(
+            f"{name}: train.eval_every_steps: {every} never falls inside an epoch of {batches} steps in the "
+            f"{steps} steps of training (epoch ends have their own validation); allowed: a number of steps "
+            f"below {steps} that is not a multiple of {batches}, or 0"
         )
 
 

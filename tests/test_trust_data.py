@@ -201,6 +201,28 @@ def test_steps_per_epoch_beyond_the_training_part_is_refused(cli, tmp_path, npz_
                    "the whole training part")
 
 
+
+def test_more_precise_statistics_batches_than_an_epoch_has_are_refused(cli, tmp_path, npz_config, tiny_npz):
+    assert_refused(cli, tmp_path, npz_config(tiny_npz, **{"model.batch_norm": {"precise_stats": 6}}),
+                   f"{tiny_npz}: model.batch_norm.precise_stats: 6 is more than the 5 training batches of an epoch "
+                   "(batch_size 8); allowed: 1 to 5, or 0 for Keras' moving averages")
+
+
+def test_step_evaluations_that_never_fall_inside_an_epoch_are_refused(cli, tmp_path, npz_config, tiny_npz):
+    assert_refused(cli, tmp_path, npz_config(tiny_npz, **{"train.eval_every_steps": 5, "train.epochs": 2}),
+                   f"{tiny_npz}: train.eval_every_steps: 5 never falls inside an epoch of 5 steps in the 10 steps "
+                   "of training (epoch ends have their own validation); allowed: a number of steps below 10 that "
+                   "is not a multiple of 5, or 0")
+
+
+def test_step_evaluations_between_keras_callbacks_are_refused(cli, tmp_path, npz_config, tiny_npz):
+    out = cli("plan", npz_config(tiny_npz, **{"train.eval_every_steps": 3, "train.steps_per_execution": 2}))
+    assert out.exit_code == 2
+    assert out.output.endswith("train.eval_every_steps: 3 is not a multiple of steps_per_execution 2, the steps "
+                               "between Keras' callbacks; use a multiple of it or set steps_per_execution to a "
+                               "divisor of 3\n")
+
+
 # Models
 
 
