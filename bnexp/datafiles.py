@@ -21,7 +21,7 @@ import pandas as pd
 
 from bnexp.config import DataConfig
 from bnexp.validation import closest
-from bnexp.errors import DataError
+from bnexp.errors import DataError, one_line
 
 
 class Arrays(NamedTuple):
@@ -69,7 +69,7 @@ def _download(name: str) -> Arrays:
     except Exception as exc:  # whatever stops the download (no network, proxy, bad hash), local files fix it
         raise DataError(
             f"{builtin.title} not found and could not be downloaded: {builtin.files_hint} "
-            f"and pass --data-dir DIR or set BNEXP_DATA_DIR (download error: {reason(exc)})"
+            f"and pass --data-dir DIR or set BNEXP_DATA_DIR (download error: {one_line(exc)})"
         ) from None
     return Arrays(x_train, y_train, x_test, y_test)
 
@@ -138,7 +138,7 @@ def read_npz(path: Path) -> Arrays:
                 )
             return Arrays(*(archive[key] for key in _NPZ_KEYS))
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt npz file ({reason(exc)})") from None
+        raise DataError(f"{path}: corrupt npz file ({one_line(exc)})") from None
 
 
 def _read_mnist(data_dir: Path) -> tuple[Arrays, str]:
@@ -177,7 +177,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         with gzip.open(path, "rb") as file:
             raw = file.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable gzip file ({reason(exc)})") from None
+        raise DataError(f"{path}: not a readable gzip file ({one_line(exc)})") from None
     kind = "image" if magic == _IDX_IMAGES else "label"
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
@@ -230,7 +230,7 @@ def _read_cifar_archive(archive: Path) -> dict[str, bytes]:
                 if member.name in wanted and member.isfile():
                     contents[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{archive}: not a readable tar.gz archive ({reason(exc)})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({one_line(exc)})") from None
     missing = [member for member, name in wanted.items() if name not in contents]
     if missing:
         raise DataError(f"{archive}: missing member(s) {', '.join(missing)}")
@@ -250,7 +250,7 @@ def _parse_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     try:
         batch = pickle.loads(raw, encoding="bytes")  # the batches were pickled by Python 2
     except Exception as exc:  # pickle documents no closed set of errors for malformed input
-        raise DataError(f"{source}: not a readable CIFAR-10 batch ({reason(exc)})") from None
+        raise DataError(f"{source}: not a readable CIFAR-10 batch ({one_line(exc)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         found = sorted(map(repr, batch)) if isinstance(batch, dict) else [type(batch).__name__]
         raise DataError(f"{source}: expected a dict with keys b'data' and b'labels', found {', '.join(found)}")
@@ -269,7 +269,7 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({reason(exc)})") from None
+        raise DataError(f"{path}: not a readable CSV file ({one_line(exc)})") from None
     columns = [str(column) for column in frame.columns]
     if frame.empty:
         raise DataError(f"{path}: no rows below the header; a dataset needs samples")
@@ -363,11 +363,6 @@ _WHERE = "; give --data-dir (or BNEXP_DATA_DIR) the folder that holds them, or l
 
 def _join(paths) -> str:
     return ", ".join(str(path) for path in paths)
-
-
-def reason(exc: BaseException) -> str:
-    """An exception's message on one line (some libraries end theirs with a newline)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 BUILTINS = {

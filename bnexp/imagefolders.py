@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bnexp.config import DataConfig
-from bnexp.datafiles import Arrays, reason, stratified_test_split
-from bnexp.errors import DataError
+from bnexp.datafiles import Arrays, stratified_test_split
+from bnexp.errors import DataError, one_line
 
 # What Pillow decodes for an image folder; other files (notes, .DS_Store) are left alone, as Keras'
 # image_dataset_from_directory does.
@@ -131,7 +131,7 @@ _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _image_error(path: Path, exc: BaseException) -> DataError:
-    why = "not a PNG or JPEG file" if isinstance(exc, UnidentifiedImageError) else reason(exc)
+    why = "not a PNG or JPEG file" if isinstance(exc, UnidentifiedImageError) else one_line(exc)
     return DataError(f"{path}: not a readable image ({why}); replace or remove the file")
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 
 import keras
 from keras import layers
 
 from bnexp.config import InitializerConfig, ModelConfig
-from bnexp.errors import DataError
+from bnexp.errors import DataError, one_line
 
 _INITIALIZERS = {
     "glorot_uniform": keras.initializers.GlorotUniform,
@@ -50,7 +49,7 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     try:
         return _build(config, tuple(input_shape), num_classes, seed)
     except ValueError as exc:  # a mismatch the checks in _build do not foresee: Keras' own words
-        raise DataError(f"model: Keras cannot build it for data of shape {tuple(input_shape)}: {_reason(exc)}") from None
+        raise DataError(f"model: Keras cannot build it for data of shape {tuple(input_shape)}: {one_line(exc)}") from None
 
 
 def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
@@ -160,11 +159,6 @@ def _channels(config: ModelConfig, channels: int) -> list[int]:
 
 def _map(x) -> str:
     return f"{x.shape[1]}x{x.shape[2]}"
-
-
-def _reason(exc: BaseException) -> str:
-    """Keras' message on one line, without its terminal colour codes."""
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:
