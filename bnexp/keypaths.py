@@ -107,3 +107,8 @@ def deep_merge(base: dict, top: dict) -> dict:
 def related(a: str, b: str) -> bool:
     """True when one dotted path is the other or lies inside it."""
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def short_key(key: str) -> str:
+    """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
+    return key.rsplit(".", 1)[-1]

@@ -17,10 +17,11 @@ import pandas as pd
 from bnexp import __version__, plots, tables
 from bnexp.errors import ResultsError
 from bnexp.experiment import CHANCE_MARGIN, Experiment, is_number, load_experiment, sort_key
+from bnexp.keypaths import short_key
 from bnexp.metrics import LOSS, VAL_ACCURACY, VAL_LOSS
 from bnexp.page import Plot, Section, Table, report_files, slug
 from bnexp.store import FINAL_STATUSES, experiment_dirs, write_tree
-from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, short_key, value_label
+from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, value_label
 
 REPORT_DIR = "report"
 # Curves get one figure per sweep point; past this many the page would be a wall of plots.

@@ -15,6 +15,7 @@ from bnexp import store
 from bnexp.config import ExperimentConfig
 from bnexp.executors import (NOT_TRAINED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
+from bnexp.keypaths import short_key
 from bnexp.metrics import EPOCH_METRICS
 from bnexp.planning import check_data, check_same_experiment
 from bnexp.sweep import RunSpec, load_runs
@@ -185,4 +186,4 @@ def _metrics(record: dict) -> str:
 
 
 def _point(spec: RunSpec) -> str:
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in spec.point.items())
+    return " ".join(f"{short_key(k)}={v}" for k, v in spec.point.items())

@@ -18,6 +18,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from bnexp.experiment import Experiment, final_values, is_number
+from bnexp.keypaths import short_key
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
 
@@ -453,11 +454,6 @@ def value_label(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def short_key(key: str) -> str:
-    """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
-    return key.rsplit(".", 1)[-1]
 
 
 def point_label(values: dict) -> str:
