@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from bnexp import store
 from bnexp.config import ExperimentConfig
@@ -43,11 +43,10 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
     experiment, runs = load_runs(config_file, [*overrides, *deterministic_override], sweeps, data_dir)
     check_same_experiment(experiment, runs, results_dir, config_file)
     todo = pending_runs(runs, results_dir)
-    with removed_if_refused(results_dir / experiment.name):
-        store.check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
-        check_data(todo, data_dir)
-        # With nothing to train, no executor starts (nor connects to a Ray cluster).
-        execute = make_executor(executor, workers, address, cpus_per_run, gpus_per_run) if todo else run_sequential
+    store.check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
+    check_data(todo, data_dir)
+    # With nothing to train, no executor starts (nor connects to a Ray cluster).
+    execute = make_executor(executor, workers, address, cpus_per_run, gpus_per_run) if todo else run_sequential
     write_experiment(experiment, runs, results_dir, config_file)
     return run_sweep(runs, RunContext(results_dir, data_dir, tensorboard=tensorboard), execute, SweepProgress(quiet))
 
@@ -55,20 +54,6 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
 def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
     """The runs without a final record (never started, interrupted or failed)."""
     return [spec for spec in runs if not store.is_complete(store.run_dir(results_dir, spec.experiment, spec.run_id))]
-
-
-@contextlib.contextmanager
-def removed_if_refused(folder: Path) -> Iterator[None]:
-    """Remove `folder` and its parents that the block creates, if they are still empty when it
-    fails: a run refused before training leaves no empty experiment folder behind."""
-    created = [path for path in (folder, *folder.parents) if not path.exists()]
-    try:
-        yield
-    except BaseException:
-        for path in created:  # deepest first
-            with contextlib.suppress(OSError):  # not empty, or already gone: leave it
-                path.rmdir()
-        raise
 
 
 def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,

@@ -425,9 +425,11 @@ def experiment_dirs(results_dir: Path, target: str | None = None) -> list[Path]:
 def check_results_dir(results_dir: Path, experiment: str, run_ids: list[str]) -> None:
     """Raise ResultsError unless the experiment's folder is writable and holds only this results format."""
     folder = results_dir / experiment
+    # Tried in the nearest folder that exists, so a refused run creates no empty folder; the
+    # experiment's folder is made by its first write (write_atomic).
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as exc:
         raise ResultsError(f"{folder}: results folder is not writable ({exc.strerror or exc}); "
                            "pass another one with --results") from None
