@@ -193,9 +193,10 @@ def test_killed_and_interrupted_sweeps_finish_with_every_run_exactly_once(slow_c
     assert (runs[0] / "checkpoint.keras").exists() and (runs[0] / LOCK).exists()  # a stale lock file
     assert "running" not in cli("status", "slow", "--results", results).output  # the OS dropped the locks
 
-    # 2. Ctrl-C as soon as run 0 has its result: one summary line, exit status 130.
+    # 2. Ctrl-C as soon as the driver has counted run 0's result (its progress line: the result file
+    # alone can land before the driver collects it): one summary line, exit status 130.
     sweep = Sweep(slow_config, results, "ctrl-c", "--workers", "2")
-    sweep.wait_until(lambda: runs[0] in finished())
+    sweep.wait_until(lambda: any(runs[0].name in line and " completed: " in line for line in sweep.lines))
     assert sweep.stop(signal.SIGINT) == 130
     summary = re.fullmatch(r"interrupted: 4 runs: (\d) completed; 0 already complete \(skipped\); (\d) left "
                            r"\(run the same command again to resume\)", sweep.lines[-1])
