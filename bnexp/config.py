@@ -162,6 +162,9 @@ class DropoutConfig(Strict):
     placement: Literal["before_pooling", "after_pooling", "after_dense"] = "after_pooling"
 
 
+BUILDER_ARGUMENTS = ("input_shape", "num_classes", "norm")  # what bnexp passes every model.builder
+
+
 class ModelConfig(Strict):
     preset: str | None = None  # name from bnexp.presets, already merged under these keys
     conv: tuple[ConvBlock, ...] = ()  # empty: an MLP
@@ -174,6 +177,21 @@ class ModelConfig(Strict):
     norm: NormConfig = NormConfig()
     dropout: DropoutConfig = DropoutConfig()
     head: Literal["flatten", "global_average"] = "flatten"  # what feeds the conv stack's maps to the dense layers
+    # A user's network instead of conv/dense (bnexp.builders): "package.module:function" or "file.py:function",
+    # called with input_shape, num_classes, norm and these keyword arguments.
+    builder: str | None = None
+    args: dict[str, Any] = {}
+
+    @field_validator("builder")
+    @classmethod
+    def _builder_form(cls, value):
+        target, _, function = (value or "").rpartition(":")
+        if value is not None and not (target.strip() and function.isidentifier()):
+            raise ValueError(f"expected 'package.module:function' or 'path/to/file.py:function', got {value!r}")
+        return value
+
+    def __hash__(self) -> int:  # args is a dict, which pydantic's frozen hash cannot take
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
     @field_validator("kernel_initializer", mode="before")
     @classmethod
@@ -203,6 +221,26 @@ class ModelConfig(Strict):
             raise ValueError(f"norm.kind: {kind} contradicts model.batch_norm.renorm: true, the older spelling of "
                              "model.norm.kind: batch_renorm; set renorm only where the kind is batch, or use "
                              "model.norm.kind: batch_renorm for that arm")
+        return self
+
+    @model_validator(mode="after")
+    def _builder_makes_the_network(self):
+        if self.builder is None:
+            if self.args:
+                raise ValueError("args: keyword arguments for model.builder, which is not set; set model.builder "
+                                 "or remove model.args")
+            return self
+        # The keys that describe the built-in networks would be silently ignored next to a builder.
+        ignored = [k for k in ("preset", "conv", "dense", "activation", "kernel_initializer", "dropout", "head")
+                   if k in self.model_fields_set]
+        ignored += [f"batch_norm.{k}" for k in ("placement", "after_pooling") if k in self.batch_norm.model_fields_set]
+        if ignored:
+            raise ValueError(f"{ignored[0]}: the builder {self.builder} makes the network, so model.{ignored[0]} would "
+                             f"be ignored; remove it (pass settings to the builder in model.args)")
+        for name in self.args:
+            if not name.isidentifier() or name in BUILDER_ARGUMENTS:
+                raise ValueError(f"args.{name}: not a keyword argument bnexp can pass to {self.builder}; allowed: "
+                                 f"Python identifiers other than {', '.join(BUILDER_ARGUMENTS)} (bnexp passes those)")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,8 @@ import math
 import keras
 from keras import layers
 
+from bnexp import builders
+from bnexp.builders import Builder
 from bnexp.config import InitializerConfig, ModelConfig
 from bnexp.errors import DataError, one_line
 
@@ -39,20 +41,27 @@ def make_initializer(config: InitializerConfig, seed: int):
     return _INITIALIZERS[config.name](seed=seed)
 
 
-def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
-    """The functional model described by `config`; compile and fit stay with the caller.
+def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int,
+                builder: Builder | None = None) -> keras.Model:
+    """The functional model described by `config`, or made by its model.builder (`builder`, located by
+    bnexp.sweep); compile and fit stay with the caller.
 
     Layer names are fixed (conv_0, dense_1, output, ...) so arms can be compared layer by layer.
     A model the data's shape cannot feed (conv blocks on flat features, a kernel or pool larger than
     the map it gets) raises DataError naming the config key; the caller adds the data file's name.
     """
+    if config.builder:
+        def make_layer(x, name):
+            return norm_layer(config, x, name, f"the tensor norm(x) got ({name})", tuple(input_shape))
+        return builders.build(builder, config, tuple(input_shape), num_classes, seed, make_layer)
     try:
         return _build(config, tuple(input_shape), num_classes, seed)
     except ValueError as exc:  # a mismatch the checks in _build do not foresee: Keras' own words
         raise DataError(f"model: Keras cannot build it for data of shape {tuple(input_shape)}: {one_line(exc)}") from None
 
 
-def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
+def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+               builder: Builder | None = None) -> tuple[int, int]:
     """(trainable, non-trainable) parameter counts of the model, built without allocating its weights.
 
     Sizing a model too large for memory must not try to allocate it, and the process that plans a
@@ -60,7 +69,7 @@ def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: i
     """
     try:
         with keras.StatelessScope(initialize_variables=False):
-            return count_params(build_model(config, input_shape, num_classes, seed=0))
+            return count_params(build_model(config, input_shape, num_classes, seed=0, builder=builder))
     finally:
         keras.utils.clear_session(free_memory=False)  # Keras keeps the weights to initialise later: drop them
 
@@ -83,27 +92,8 @@ def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, 
 
     def normalize(x, name):
         """The arm's normalisation of `name`'s outputs, named after it (conv_0_bn, conv_0_gn, conv_0_ln)."""
-        ndim = len(x.shape)
-        if not (-ndim <= bn.axis < ndim and bn.axis % ndim != 0):  # axis 0 is the batch
-            raise DataError(
-                f"model.batch_norm.axis: {bn.axis} is not a feature axis of {name}'s outputs of shape "
-                f"{tuple(x.shape[1:])} (data shape {input_shape}); allowed: 1 to {ndim - 1} or -1 to -{ndim - 1}"
-            )
-        if kind in ("batch", "batch_renorm"):
-            return layers.BatchNormalization(
-                axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon,
-                center=bn.center, scale=bn.scale, renorm=kind == "batch_renorm", name=f"{name}_bn",
-            )(x)
-        groups, channels = (config.norm.groups if kind == "group" else 1), x.shape[bn.axis]
-        if channels % groups:
-            allowed = [g for g in range(1, channels + 1) if all(c % g == 0 for c in _channels(config, channels))]
-            raise DataError(
-                f"model.norm.groups: {groups} does not divide the {channels} channels of {name}'s outputs; "
-                f"allowed: a divisor of every normalised layer's channels: {', '.join(map(str, allowed))}"
-            )
-        suffix = "gn" if kind == "group" else "ln"
-        return layers.GroupNormalization(groups=groups, axis=bn.axis, epsilon=bn.epsilon, center=bn.center,
-                                         scale=bn.scale, name=f"{name}_{suffix}")(x)
+        suffix = {"batch": "bn", "batch_renorm": "bn", "group": "gn", "layer": "ln"}[kind]
+        return norm_layer(config, x, f"{name}_{suffix}", f"{name}'s outputs", input_shape, _channels(config))(x)
 
     def drop(x, name):
         return layers.Dropout(dropout.rate, seed=layer_seed(seed, name), name=name)(x)
@@ -149,11 +139,34 @@ def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, 
     return keras.Model(inputs, outputs, name=kind)
 
 
-def _channels(config: ModelConfig, channels: int) -> list[int]:
-    """The channels of every layer the arm normalises, where the config says them (the last axis);
-    else only the `channels` of the layer at hand."""
-    if config.batch_norm.axis != -1:
-        return [channels]
+def norm_layer(config: ModelConfig, x, name: str, what: str, input_shape: tuple[int, ...],
+               channels: list[int] | None = None) -> layers.Layer:
+    """The arm's normalisation layer for tensor `x` (`what`, for errors), named `name`; DataError when the
+    config's axis or group count does not fit x. `channels`: every normalised layer's channels, where known
+    (the built-in models), so that the error lists the group counts that fit them all."""
+    bn, kind, ndim = config.batch_norm, config.norm_kind, len(x.shape)
+    if not (-ndim <= bn.axis < ndim and bn.axis % ndim != 0):  # axis 0 is the batch
+        raise DataError(
+            f"model.batch_norm.axis: {bn.axis} is not a feature axis of {what} of shape "
+            f"{tuple(x.shape[1:])} (data shape {input_shape}); allowed: 1 to {ndim - 1} or -1 to -{ndim - 1}"
+        )
+    if kind in ("batch", "batch_renorm"):
+        return layers.BatchNormalization(axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon, center=bn.center,
+                                         scale=bn.scale, renorm=kind == "batch_renorm", name=name)
+    groups, count = (config.norm.groups if kind == "group" else 1), x.shape[bn.axis]
+    if count % groups:
+        every = [count] if channels is None or bn.axis != -1 else [*channels, count]
+        allowed = [g for g in range(1, count + 1) if all(c % g == 0 for c in every)]
+        raise DataError(
+            f"model.norm.groups: {groups} does not divide the {count} channels of {what}; "
+            f"allowed: a divisor of every normalised layer's channels: {', '.join(map(str, allowed))}"
+        )
+    return layers.GroupNormalization(groups=groups, axis=bn.axis, epsilon=bn.epsilon, center=bn.center,
+                                     scale=bn.scale, name=name)
+
+
+def _channels(config: ModelConfig) -> list[int]:
+    """The channels of every layer the built-in network normalises, on the last axis."""
     return [block.filters for block in config.conv] + list(config.dense)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from bnexp.builders import Builder
 from bnexp.config import ExperimentConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
 from bnexp.store import FINAL_STATUSES, PENDING, read_experiment, run_dir, run_status
@@ -89,7 +90,7 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
     totals = (f"{experiment.name}: {len(runs)} runs = {points} sweep point(s) x {len(experiment.arms)} arm(s) "
               f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
               f"(results in {results_dir / experiment.name})")
-    notes = [f"warning: {warning}" for warning in checked.warnings]
+    notes = [f"warning: {warning}" for warning in checked.warnings] + audit_builders(runs, data_dir)
     from bnexp.data import describe_images
 
     image_folders = dict.fromkeys(spec.config.data for spec in runs
@@ -132,7 +133,7 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
             _check_batches(config, name, train_samples)
         model_key = _model_key(spec)
         if model_key not in checked.params:
-            checked.params[model_key] = _check_model(config, name, input_shape, num_classes)
+            checked.params[model_key] = _check_model(config, name, input_shape, num_classes, spec.builder)
         _check_memory(config.train, checked.params[model_key], name, input_shape)
     return checked
 
@@ -169,11 +170,12 @@ def _check_batches(config: RunConfig, name: str, samples: int) -> None:
         )
 
 
-def _check_model(config: RunConfig, name: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
+def _check_model(config: RunConfig, name: str, input_shape: tuple[int, ...], num_classes: int,
+                 builder: Builder | None) -> tuple[int, int]:
     from bnexp.models import model_size
 
     try:
-        return model_size(config.model, input_shape, num_classes)
+        return model_size(config.model, input_shape, num_classes, builder)
     except DataError as exc:
         raise DataError(f"{name}: {exc}") from None
 
@@ -202,4 +204,34 @@ def physical_memory() -> int | None:
 
 
 def _model_key(spec: RunSpec) -> tuple:
-    return spec.config.model, spec.config.data
+    return spec.config.model, spec.config.data, spec.builder
+
+
+def audit_builders(runs: list[RunSpec], data_dir: Path | None) -> list[str]:
+    """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed)
+    and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does not).
+    `bnexp plan` only: allocating the weights would start the backend on a device in `bnexp run`'s driver."""
+    import keras
+
+    from bnexp.builders import audit_pair
+    from bnexp.data import dataset_info
+    from bnexp.models import build_model
+
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in runs:
+        if spec.builder and not spec.data_error and spec.seed == runs[0].seed:
+            groups.setdefault(tuple(sorted(spec.point.items(), key=str)), []).append(spec)
+    lines, audited = [], set()
+    for pair in groups.values():
+        key = tuple(_model_key(spec) for spec in pair)
+        if key in audited or len(pair) < 2:
+            continue
+        audited.add(key)
+        input_shape, num_classes = dataset_info(pair[0].config.data, data_dir)
+        models = [(spec.arm, build_model(spec.config.model, input_shape, num_classes, spec.seed, spec.builder))
+                  for spec in pair]
+        line = audit_pair(pair[0].builder, models[0], models[1:], pair[0].seed)
+        keras.utils.clear_session()
+        if line not in lines:
+            lines.append(line)
+    return lines

@@ -69,6 +69,7 @@ class SpecRecord(TypedDict, total=False):
     point: dict[str, Any]  # swept key -> value
     config: dict[str, Any]  # the RunConfig as JSON: data, model, train, seed
     data_sha256: str | None  # content of the csv/npz file the run reads; None for a built-in dataset
+    builder_sha256: str | None  # content of the model.builder's source file; None for a built-in network
 
 
 class HistoryRow(TypedDict, total=False):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from bnexp.builders import Builder, check, locate
 from bnexp.config import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
 from bnexp.errors import ConfigError, DataError
 from bnexp.store import SpecRecord
@@ -36,10 +37,11 @@ class RunSpec:
     run_id: str
     data_sha256: str | None = None  # content of the csv/npz file the run reads; None for a built-in dataset
     data_error: str | None = None  # why the file, and so the run id, is unknown (the id ends in UNKNOWN_DATA)
+    builder: Builder | None = None  # where model.builder lives; its file's content is part of the run id
 
     def record(self) -> SpecRecord:
         """What spec.json holds (store.write_spec writes it)."""
-        return SpecRecord(
+        record = SpecRecord(
             experiment=self.experiment,
             run_id=self.run_id,
             arm=self.arm,
@@ -50,6 +52,9 @@ class RunSpec:
             config=self.config.model_dump(mode="json"),
             data_sha256=self.data_sha256,
         )
+        if self.builder:
+            record["builder_sha256"] = self.builder.sha256
+        return record
 
 
 def load_runs(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
@@ -72,6 +77,8 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
 
     keys = list(experiment.sweep)
     runs = []
+    builders: dict[str, Builder] = {}  # model.builder -> located, imported and its signature checked
+    checked_args: set[tuple[str, str]] = set()
     fingerprints: dict[DataConfig, tuple[str | None, str | None]] = {}  # data section -> (sha256, error)
     for values in itertools.product(*(experiment.sweep[k] for k in keys)):
         point = dict(zip(keys, values))
@@ -87,20 +94,30 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
                     except DataError as exc:
                         fingerprints[config.data] = None, str(exc)
                 sha256, error = fingerprints[config.data]
-                identity = run_id(arm, config, sha256) + (UNKNOWN_DATA if error else "")
+                builder = None
+                if config.model.builder:
+                    builder = builders.get(config.model.builder) or locate(config.model.builder, Path(source))
+                    builders[config.model.builder] = builder
+                    args = (config.model.builder, json.dumps(config.model.args, sort_keys=True, default=str))
+                    if args not in checked_args:
+                        check(builder, config.model, source)
+                        checked_args.add(args)
+                identity = run_id(arm, config, sha256, builder.sha256 if builder else None)
                 runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
-                                    point, config, identity, sha256, error))
+                                    point, config, identity + (UNKNOWN_DATA if error else ""), sha256, error, builder))
     return runs
 
 
-def run_id(arm: str, config: RunConfig, data_sha256: str | None = None) -> str:
-    """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config as JSON, and
-    the content of its data file when it reads one), so a changed value or file gives a new id (and a
-    new run) while an unchanged run keeps its id and is skipped."""
+def run_id(arm: str, config: RunConfig, data_sha256: str | None = None, builder_sha256: str | None = None) -> str:
+    """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config as JSON, the
+    content of its data file when it reads one, and of its model.builder's source file), so a changed
+    value or file gives a new id (and a new run) while an unchanged run keeps its id and is skipped."""
     as_json = config.model_dump(mode="json")
     as_json["model"] = older_norm_spelling(as_json["model"])
     as_json = _without_later_defaults(as_json)
     identity = as_json if data_sha256 is None else {"config": as_json, "data_sha256": data_sha256}
+    if builder_sha256 is not None:
+        identity = {"config": identity, "builder_sha256": builder_sha256}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     return f"{arm}-s{config.seed}-{digest}"
@@ -118,6 +135,8 @@ LATER_FIELDS: dict[str, object] = {
     "model.batch_norm.precise_stats": 0,
     "train.eval_every_steps": 0,
     "train.eval_subset": None,
+    "model.builder": None,
+    "model.args": {},
 }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from bnexp.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from bnexp.data import load_dataset
+from bnexp.builders import Builder
 from bnexp.models import build_model, count_params
 from bnexp.errors import ResultsError
 from bnexp.metrics import ACCURACY, EPOCH_METRICS, LOSS, is_accuracy
@@ -65,7 +66,7 @@ def train_run(
                           trainable_params=None, non_trainable_params=None, num_classes=None,
                           resumed_from_epoch=None)
     try:
-        _fit(spec.config, run_dir, data_dir, history, result, tensorboard,
+        _fit(spec.config, spec.builder, run_dir, data_dir, history, result, tensorboard,
              lambda record: on_epoch(spec, record) if on_epoch else None)
     except ResultsError:
         raise
@@ -83,8 +84,8 @@ def train_run(
     return result
 
 
-def _fit(config: RunConfig, run_dir: Path, data_dir, history: list[HistoryRow], result: ResultRecord,
-         tensorboard: bool, on_epoch):
+def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, history: list[HistoryRow],
+         result: ResultRecord, tensorboard: bool, on_epoch):
     train = config.train
     # Each run compiles a new model, which TensorFlow would report as "excessive retracing".
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -96,7 +97,7 @@ def _fit(config: RunConfig, run_dir: Path, data_dir, history: list[HistoryRow], 
     checkpoint = Checkpoint(run_dir, stopping)
     model = checkpoint.restore(history)
     if model is None:
-        model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+        model = build_model(config.model, data.input_shape, data.num_classes, config.seed, builder)
         model.compile(
             optimizer=make_optimizer(train),
             loss="sparse_categorical_crossentropy",
