@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from bnexp.errors import ConfigError
-from bnexp.keypaths import covers, deep_merge, get_dotted, load_yaml, parse_override, set_dotted
+from bnexp.keypaths import deep_merge, load_yaml, parse_override, set_dotted
 from bnexp.metrics import EPOCH_METRICS, VAL_LOSS
 from bnexp.presets import PRESETS
 from bnexp.validation import did_you_mean, format_value, validate
@@ -436,73 +436,16 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
     experiment = validate(ExperimentConfig, raw, str(path), key_sources, context={"overrides": run_overrides})
     sweep_sources = {key: key_sources.get(f"sweep.{key}") or key_sources.get("sweep", f"{path}: sweep.{key}")
                      for key in experiment.sweep}
-    _check_arm_keys(experiment, path)
-    _check_conflicts(experiment, sweep_sources)
+    from bnexp.meaning import check_arm_keys, check_conflicts, check_repeated_sweep_values
+
+    check_arm_keys(experiment, path)
+    check_conflicts(experiment, sweep_sources)
     # Check the base run first so errors point at the file, not at a sweep point.
     experiment.run_config({}, experiment.seeds[0], str(path))
     for arm, changes in experiment.arms.items():
         experiment.run_config({k: (v, f"{path}: arms.{arm}") for k, v in changes.items()}, experiment.seeds[0], str(path))
-    _check_repeated_sweep_values(experiment, path, sweep_sources)
+    check_repeated_sweep_values(experiment, path, sweep_sources)
     return experiment
-
-
-def _check_arm_keys(experiment: ExperimentConfig, path: Path) -> None:
-    """An arm may change only the model and the training: not the data or the seed its pair shares."""
-    for arm, changes in experiment.arms.items():
-        for key in changes:
-            section = key.split(".")[0]
-            if section in ARM_SECTIONS:
-                continue
-            where = f"{path}: arms.{arm}.{key}"
-            if section == "seed":
-                raise ConfigError(f"{where}: an arm may not set the seed: the arms of a pair share each seed; "
-                                  "list the seeds in seeds:")
-            if section == "data":
-                raise ConfigError(f"{where}: an arm may not change the data: the arms of a pair must see the same "
-                                  f"data; sweep it instead (sweep: {{{key}: [...]}}) or write a second config")
-            raise ConfigError(f"{where}: unknown key; an arm may set only model.* and train.* keys"
-                              + did_you_mean(section, ARM_SECTIONS))
-
-
-def _check_conflicts(experiment: ExperimentConfig, sweep_sources: dict[str, str]) -> None:
-    """A swept key no arm overrides, and no --set that a sweep axis or every arm would override."""
-    for key, source in sweep_sources.items():
-        for arm, changes in experiment.arms.items():
-            covering = next((k for k in changes if covers(k, key)), None)
-            if covering:
-                raise ConfigError(
-                    f"{source}: arm {arm!r} sets {covering} too, so this sweep would not change its runs; "
-                    f"sweep another key, or take {covering} out of the arms"
-                    + (" (arms: {run: {}} gives one arm whose runs the sweep tells apart)"
-                       if experiment.arms == DEFAULT_ARMS else ""))
-    for key, (value, source) in experiment._overrides.items():
-        swept = next((k for k in experiment.sweep if covers(k, key)), None)
-        if swept:
-            raise ConfigError(f"{source}: {key} is swept (sweep.{swept}), so this --set would be ignored; "
-                              f"to change the swept values use --sweep '{swept}=[...]'")
-        arm_keys = [next((k for k in changes if covers(k, key)), None) for changes in experiment.arms.values()]
-        if all(arm_keys):
-            raise ConfigError(f"{source}: every arm sets {arm_keys[0]} ({', '.join(experiment.arms)}), so this --set "
-                              "would be ignored; change the arms instead, e.g. --set 'arms={...}'")
-
-
-def _check_repeated_sweep_values(experiment: ExperimentConfig, path: Path, sweep_sources: dict[str, str]) -> None:
-    """No sweep axis lists a value twice, also after reading (0.1 and 1.0e-1, '1e-3' and 0.001)."""
-    for key, values in experiment.sweep.items():
-        seen = {}
-        for index, value in enumerate(values, 1):
-            try:
-                resolved = experiment.run_config({key: (value, "")}, experiment.seeds[0], str(path))
-            except ConfigError:
-                # Invalid, or valid only with another axis's value: expand_runs names its sweep point,
-                # and check_distinct_runs catches a repeat among such values.
-                continue
-            canonical = json.dumps(get_dotted(resolved.model_dump(mode="json"), key), sort_keys=True)
-            if canonical in seen:
-                first, first_value = seen[canonical]
-                raise ConfigError(f"{sweep_sources[key]}: values {first} ({format_value(first_value)}) and {index} "
-                                  f"({format_value(value)}) are the same {key}; list each value once")
-            seen[canonical] = (index, value)
 
 
 def expand_preset(model: dict, source: str) -> dict:
