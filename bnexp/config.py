@@ -162,6 +162,14 @@ class DropoutConfig(Strict):
     placement: Literal["before_pooling", "after_pooling", "after_dense"] = "after_pooling"
 
 
+def norm_kind(enabled: bool, renorm: bool, kind: str) -> str:
+    """The normalisation a model inserts: model.norm.kind, or what the older batch_norm switches (enabled,
+    renorm) say while the kind is left at batch."""
+    if not enabled:
+        return "none"
+    return "batch_renorm" if kind == "batch" and renorm else kind
+
+
 BUILDER_ARGUMENTS = ("input_shape", "num_classes", "norm")  # what bnexp passes every model.builder
 
 
@@ -200,13 +208,7 @@ class ModelConfig(Strict):
 
     @property
     def norm_kind(self) -> str:
-        """The normalisation this model inserts: model.norm.kind, or what the older batch_norm switches
-        say while the kind is left at batch."""
-        if not self.batch_norm.enabled:
-            return "none"
-        if self.norm.kind == "batch" and self.batch_norm.renorm:
-            return "batch_renorm"
-        return self.norm.kind
+        return norm_kind(self.batch_norm.enabled, self.batch_norm.renorm, self.norm.kind)
 
     @model_validator(mode="after")
     def _one_norm_kind(self):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bnexp.config import norm_kind
 from bnexp.data import builtin_num_classes
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
@@ -102,11 +103,25 @@ def _num_classes(config: dict) -> int | None:
     return builtin_num_classes(str(data.get("dataset", "")))
 
 
+def _model_section(config: dict, *keys: str) -> dict:
+    """A section of the run config's model (model itself without keys); {} where a damaged spec lacks it."""
+    section = config.get("model")
+    for key in keys:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def _norm(config: dict) -> str:
+    """The arm's normalisation kind (bnexp.config.norm_kind), with the group count for group."""
+    batch_norm, norm = _model_section(config, "batch_norm"), _model_section(config, "norm")
+    kind = norm_kind(batch_norm.get("enabled", True), batch_norm.get("renorm", False), norm.get("kind", "batch"))
+    return f"group ({norm.get('groups', 32)} groups)" if kind == "group" else kind
+
+
 def _precise_stats(config: dict) -> int:
     """model.batch_norm.precise_stats of the run's config: 0 when absent (off, or an older bnexp) and
     for a run without BN, which has no statistics to recompute."""
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    batch_norm = model.get("batch_norm") if isinstance(model.get("batch_norm"), dict) else {}
+    batch_norm = _model_section(config, "batch_norm")
     value = batch_norm.get("precise_stats", 0)
     if batch_norm.get("enabled") is False or not isinstance(value, int) or isinstance(value, bool):
         return 0
@@ -189,7 +204,8 @@ def load_experiment(path: Path) -> Experiment:
         record = {"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
                   **{f"point:{k}": _point_value(v) for k, v in point.items()},
                   "status": RUNNING if result is None and is_locked(run_dir) else INCOMPLETE,
-                  "error": None, "num_classes": _num_classes(config), "precise_stats": _precise_stats(config)}
+                  "error": None, "num_classes": _num_classes(config), "norm": _norm(config),
+                  "builder": _model_section(config).get("builder"), "precise_stats": _precise_stats(config)}
         if result is not None:
             record.update(_result_fields(result))
         records.append(record)

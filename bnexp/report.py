@@ -378,6 +378,12 @@ def _header_facts(exp: Experiment) -> list[tuple[str, str]]:
         facts.append((f"swept {key}", ", ".join(value_label(v) for v in values)))
     if exp.config_file:
         facts.append(("config", exp.config_file))
+    if "norm" in runs:
+        kinds = runs.groupby("arm", sort=False).norm.agg(lambda kinds: " / ".join(dict.fromkeys(kinds)))
+        facts.append(("normalisation", "; ".join(f"{arm}: {kind}" for arm, kind in kinds.items())))
+    builders = runs.builder.dropna().unique() if "builder" in runs else []
+    if len(builders):
+        facts.append(("network", ", ".join(f"model.builder {b}" for b in builders)))
     precise = runs[runs.precise_stats > 0] if "precise_stats" in runs else runs.iloc[:0]
     if not precise.empty:
         facts.append(("precise BN statistics", "; ".join(

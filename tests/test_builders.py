@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import bnexp
+from bnexp import report
 from bnexp.config import load_config
 from bnexp.sweep import load_runs
 
@@ -76,7 +77,11 @@ def test_the_example_resnet_plans_with_its_audit_and_trains_one_epoch(cli, write
     run = cli("run", config, "--quiet")
     assert run.exit_code == 0, run.output
     assert "3 runs: 3 completed" in run.output
-    runs = bnexp.load_experiment(tmp_path / "results" / "tiny").runs.set_index("arm")
+    experiment = bnexp.load_experiment(tmp_path / "results" / "tiny")
+    facts = dict(report._header_facts(experiment))
+    assert facts["normalisation"] == "batch: batch; group: group (2 groups); none: none"
+    assert facts["network"] == f"model.builder {EXAMPLE}:build"
+    runs = experiment.runs.set_index("arm")
     assert runs.status.to_dict() == {"batch": "completed", "group": "completed", "none": "completed"}
     assert runs.epochs_run.tolist() == [1, 1, 1]
     # Shared: the convolutions and the output layer; BN adds a scale and shift (trainable) and two moving
