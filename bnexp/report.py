@@ -21,7 +21,7 @@ from bnexp.keypaths import short_key
 from bnexp.metrics import LOSS, VAL_ACCURACY, VAL_LOSS
 from bnexp.page import Plot, Section, Table, report_files, slug
 from bnexp.store import FINAL_STATUSES, experiment_dirs, write_tree
-from bnexp.tables import count, fmt, key_columns, p_value_text, pct, point_label, pp, value_label
+from bnexp.cells import count, fmt, key_columns, p_value_text, pct, point_label, pp, value_label
 
 REPORT_DIR = "report"
 # Curves get one figure per sweep point; past this many the page would be a wall of plots.
@@ -185,7 +185,9 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
     section.explanation = (
         f"Target: {target.describe()} ({target.how}). First optimizer step, and the epoch it falls in, "
         f"at which each run reaches it, checked at the end of every epoch.{finer} Speed-up: {ref}'s mean "
-        f"steps divided by the arm's, over the runs that reached it (5.00× = five times fewer steps)."
+        f"steps divided by the arm's, over the runs that reached it (5.00× = five times fewer steps). Paired "
+        f"speed-up: {ref}'s steps over the arm's for each seed where both reached it, their geometric mean "
+        f"and its 95% confidence interval (t interval of the mean log ratio)."
     )
     if target.metric not in exp.history or exp.history[target.metric].isna().all():
         section.notes.append(f"No run logged {target.metric}: every run shows as not reached.")
@@ -204,6 +206,12 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
         f"speed-up vs {ref}": [
             "" if arm == ref else fmt(s, ".2f", empty="–") + ("×" if not math.isnan(s) else "")
             for arm, s in zip(raw.arm, raw.speedup)
+        ],
+        "paired speed-up [95% CI]": [
+            "" if arm == ref or not n else f"{value:.2f}×" + (f" [{low:.2f}, {high:.2f}]" if n > 1 else "")
+            + f" ({n} pair{'s' if n > 1 else ''})"
+            for arm, n, value, low, high in zip(raw.arm, raw.speedup_pairs, raw.speedup_paired,
+                                                raw.speedup_ci_low, raw.speedup_ci_high)
         ],
         "note": raw.note,
     })

@@ -17,8 +17,8 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from bnexp.cells import point_label
 from bnexp.experiment import Experiment, final_values, is_number
-from bnexp.keypaths import short_key
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
 
@@ -336,8 +336,11 @@ def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms
             })
         means = {row["arm"]: row["step_mean"] for row in point_rows}
         ref_mean = means.get(reference, np.nan)
+        ref_steps = point[(point.arm == reference) & point.reached].set_index("seed").step
         for row in point_rows:
             row["speedup"] = ref_mean / row["step_mean"] if row["arm"] != reference else np.nan
+            arm_steps = point[(point.arm == row["arm"]) & point.reached].set_index("seed").step
+            row.update(paired_speedup(ref_steps, arm_steps) if row["arm"] != reference else paired_speedup([], []))
             notes = []
             if row["reached"] < row["runs"]:
                 notes.append(f"{row['runs'] - row['reached']} of {row['runs']} runs never reached it")
@@ -348,6 +351,22 @@ def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms
             row["note"] = "; ".join(notes)
         rows.extend(point_rows)
     return pd.DataFrame(rows)
+
+
+def paired_speedup(reference_steps: pd.Series, arm_steps: pd.Series) -> dict:
+    """The reference's steps over the arm's, paired by seed among the seeds where both reached the target:
+    their geometric mean and its 95% interval (a t interval of the mean log ratio, which treats 2x
+    faster and 2x slower alike); NaN where fewer than one (interval: two) pairs reached it."""
+    pairs = pd.concat([pd.Series(reference_steps), pd.Series(arm_steps)], axis=1, join="inner").dropna()
+    out = {"speedup_pairs": len(pairs), "speedup_paired": np.nan, "speedup_ci_low": np.nan, "speedup_ci_high": np.nan}
+    if pairs.empty:
+        return out
+    logs = np.log(pairs.iloc[:, 0].to_numpy() / pairs.iloc[:, 1].to_numpy())
+    out["speedup_paired"] = math.exp(logs.mean())
+    if len(logs) > 1:
+        spread = sps.sem(logs) * sps.t.ppf((1 + CONFIDENCE) / 2, len(logs) - 1)
+        out.update(speedup_ci_low=math.exp(logs.mean() - spread), speedup_ci_high=math.exp(logs.mean() + spread))
+    return out
 
 
 def stability_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -443,52 +462,3 @@ def report_tables(exp: Experiment, target_metric: str | None = None,
         "missing": missing_table(runs, exp.missing, keys),
         "runs": runs_table(runs),
     }
-
-
-# --- cells for the page: text, with the units in the column headers --------------------------
-# Sweep values are written here as labels (0.001, relu); validation.format_value writes them for error
-# messages instead (repr: 'relu' quoted, mappings as YAML), so the two differ on purpose.
-
-def value_label(value) -> str:
-    """A sweep value as written in labels and cells: numbers in short form, anything else as text."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def point_label(values: dict) -> str:
-    """`learning_rate=0.01, activation=relu` for a sweep point given as {key: value}."""
-    return ", ".join(f"{short_key(key)}={value_label(value)}" for key, value in values.items())
-
-
-def fmt(value, spec: str, scale: float = 1.0, empty: str = "–") -> str:
-    """`value * scale` in format `spec`; `empty` for a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return empty
-    return format(value * scale, spec)
-
-
-def pct(value) -> str:
-    """A fraction as a percentage (the header says %)."""
-    return fmt(value, ".2f", 100)
-
-
-def pp(value) -> str:
-    """A difference of fractions in signed percentage points."""
-    return fmt(value, "+.2f", 100)
-
-
-def p_value_text(value) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def count(value) -> str:
-    return fmt(value, ",.0f")
-
-
-def key_columns(table: pd.DataFrame, keys: list[str]) -> dict:
-    """The sweep values as columns named by their full dotted key: `model.dropout.rate` and
-    `train.rate` would both be `rate`."""
-    return {key: table[key].map(value_label) for key in keys}

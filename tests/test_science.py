@@ -5,6 +5,7 @@ import types
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from bnexp import report, tables
@@ -141,7 +142,24 @@ def test_steps_to_a_validation_target_use_the_step_evaluations(tmp_path):
     assert set(by_loss[by_loss.arm == "bn"].step) == {50.0}
     section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_accuracy", 0.85)
     assert row(section.tables[0].display, arm="bn")["speed-up vs no_bn"] == "3.00×"
+    # both seeds 150 against 50: a geometric mean of 3 with no spread
+    assert row(section.tables[0].display, arm="bn")["paired speed-up [95% CI]"] == "3.00× [3.00, 3.00] (2 pairs)"
     assert "every train.eval_every_steps steps, for the 4 run(s) that made them" in section.explanation
+
+
+def test_the_paired_speedup_is_a_geometric_mean_over_the_seeds_both_arms_reached_with_a_t_interval():
+    reference = pd.Series({0: 300.0, 1: 350.0, 2: 400.0, 3: 500.0})
+    arm = pd.Series({0: 60.0, 1: 70.0, 2: 100.0, 4: 10.0})  # seed 3: bn never reached it; seed 4: no_bn never did
+    out = tables.paired_speedup(reference, arm)
+    logs = np.log([5.0, 5.0, 4.0])
+    half = 4.302652729911275 * logs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert out["speedup_pairs"] == 3
+    assert out["speedup_paired"] == pytest.approx(100 ** (1 / 3))
+    assert (out["speedup_ci_low"], out["speedup_ci_high"]) == pytest.approx(
+        (np.exp(logs.mean() - half), np.exp(logs.mean() + half)))
+    one = tables.paired_speedup(reference[:1], arm[:1])
+    assert one["speedup_paired"] == pytest.approx(5.0) and np.isnan(one["speedup_ci_low"])
+    assert tables.paired_speedup(reference, pd.Series(dtype=float))["speedup_pairs"] == 0
 
 
 def test_the_report_says_which_runs_used_precise_statistics(tmp_path):

@@ -1,0 +1,58 @@
+"""Cells for the report's pages: numbers and sweep values as text, with the units in the column headers.
+
+Sweep values are written here as labels (0.001, relu); validation.format_value writes them for error
+messages instead (repr: 'relu' quoted, mappings as YAML), so the two differ on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bnexp.keypaths import short_key
+
+
+def value_label(value) -> str:
+    """A sweep value as written in labels and cells: numbers in short form, anything else as text."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def point_label(values: dict) -> str:
+    """`learning_rate=0.01, activation=relu` for a sweep point given as {key: value}."""
+    return ", ".join(f"{short_key(key)}={value_label(value)}" for key, value in values.items())
+
+
+def fmt(value, spec: str, scale: float = 1.0, empty: str = "–") -> str:
+    """`value * scale` in format `spec`; `empty` for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return empty
+    return format(value * scale, spec)
+
+
+def pct(value) -> str:
+    """A fraction as a percentage (the header says %)."""
+    return fmt(value, ".2f", 100)
+
+
+def pp(value) -> str:
+    """A difference of fractions in signed percentage points."""
+    return fmt(value, "+.2f", 100)
+
+
+def p_value_text(value) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def count(value) -> str:
+    return fmt(value, ",.0f")
+
+
+def key_columns(table: pd.DataFrame, keys: list[str]) -> dict:
+    """The sweep values as columns named by their full dotted key: `model.dropout.rate` and
+    `train.rate` would both be `rate`."""
+    return {key: table[key].map(value_label) for key in keys}
