@@ -157,9 +157,11 @@ def norm_layer(config: ModelConfig, x, name: str, what: str, input_shape: tuple[
     if count % groups:
         every = [count] if channels is None or bn.axis != -1 else [*channels, count]
         allowed = [g for g in range(1, count + 1) if all(c % g == 0 for c in every)]
+        some = "" if channels is not None and bn.axis == -1 else f" (of these {count}: {', '.join(map(str, allowed))})"
+        listed = "" if some else f": {', '.join(map(str, allowed))}"
         raise DataError(
             f"model.norm.groups: {groups} does not divide the {count} channels of {what}; "
-            f"allowed: a divisor of every normalised layer's channels: {', '.join(map(str, allowed))}"
+            f"allowed: a divisor of every normalised layer's channels{listed}{some}"
         )
     return layers.GroupNormalization(groups=groups, axis=bn.axis, epsilon=bn.epsilon, center=bn.center,
                                      scale=bn.scale, name=name)

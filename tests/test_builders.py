@@ -253,3 +253,13 @@ def test_the_example_config_finds_its_builder_next_to_it():
     runs = load_runs(EXAMPLE.with_suffix(".yaml"))[1]
     assert {spec.builder.file for spec in runs} == {str(EXAMPLE)}
     assert {spec.config.model.norm_kind for spec in runs} == {"none", "batch", "group"}
+
+
+def test_a_group_count_that_does_not_fit_the_tensor_norm_got_is_one_line(cli, write_config):
+    config = write_config({"model": {"builder": f"{EXAMPLE}:build", "args": {"width": 4}, "norm": {"groups": 3}},
+                           "arms": KIND_ARMS})
+    result = cli("plan", config)
+    assert result.exit_code == 2
+    assert result.output == (f"Error: {config.parent / 'tiny.npz'}: model.norm.groups: 3 does not divide the 4 channels "
+                             "of the tensor norm(x) got (norm_1); allowed: a divisor of every normalised layer's "
+                             "channels (of these 4: 1, 2, 4)\n")
