@@ -61,7 +61,7 @@ def locate(spec: str, config_file: Path) -> Builder:
     else:
         try:
             found = importlib.util.find_spec(target)
-        except (ImportError, ValueError) as exc:  # a parent package that is missing, or fails to import
+        except Exception as exc:  # a parent package that is missing, or whose own code fails on import
             raise ConfigError(f"{config_file}: model.builder: {spec}: cannot import {target}: {one_line(exc)}") from None
         if found is None or not found.origin or not Path(found.origin).is_file():
             raise ConfigError(f"{config_file}: model.builder: {spec}: no module named {target!r} on the Python path; "

@@ -263,3 +263,15 @@ def test_a_group_count_that_does_not_fit_the_tensor_norm_got_is_one_line(cli, wr
     assert result.output == (f"Error: {config.parent / 'tiny.npz'}: model.norm.groups: 3 does not divide the 4 channels "
                              "of the tensor norm(x) got (norm_1); allowed: a divisor of every normalised layer's "
                              "channels (of these 4: 1, 2, 4)\n")
+
+
+def test_a_package_that_fails_on_import_is_one_line(cli, write_config, tmp_path, monkeypatch):
+    package = tmp_path / "badpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('broken package')\n")
+    (package / "nets.py").write_text(NETWORKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config({"model": {"builder": "badpkg.nets:build"}})
+    result = cli("plan", config)
+    assert result.exit_code == 2
+    assert result.output == f"Error: {config}: model.builder: badpkg.nets:build: cannot import badpkg.nets: broken package\n"
