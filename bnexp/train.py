@@ -337,11 +337,12 @@ class HistoryLog(keras.callbacks.Callback):
         write_history(self.path, self.history)
 
 
-class Divergence(keras.callbacks.TerminateOnNaN):
-    """Keras' TerminateOnNaN (stop at the first NaN/inf batch loss), plus the epoch whose loss was not
-    finite, which ends the run as `diverged`, and `steps`: [the last optimizer step seen with a finite
-    loss, the first seen with a NaN/inf one]. Keras calls back once per steps_per_execution batches,
-    so the loss went bad at a step in between."""
+class Divergence(keras.callbacks.Callback):
+    """Stops training at the first NaN/inf batch loss, as Keras' TerminateOnNaN does but without its
+    printed line (bnexp's progress line says `diverged`, also under --quiet), and records the epoch whose
+    loss was not finite, which ends the run as `diverged`, and `steps`: [the last optimizer step seen
+    with a finite loss, the first seen with a NaN/inf one]. Keras calls back once per
+    steps_per_execution batches, so the loss went bad at a step in between."""
 
     epoch: int | None = None
     steps: list[int] | None = None
@@ -357,7 +358,7 @@ class Divergence(keras.callbacks.TerminateOnNaN):
                 self.last_finite = step
             else:
                 self.steps = [self.last_finite, step]
-        super().on_train_batch_end(batch, logs)
+                self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(logs[LOSS]):
