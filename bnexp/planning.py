@@ -27,6 +27,7 @@ class RunsCheck:
     params: dict[tuple, tuple[int, int]] = field(default_factory=dict)  # (trainable, non-trainable) per _model_key
     warnings: list[str] = field(default_factory=list)  # parts of the data too small to mean much
     missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
+    shapes: dict = field(default_factory=dict)  # DataConfig -> (input_shape, num_classes) of each checked dataset
 
 
 def plan_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (), *,
@@ -90,7 +91,7 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
     totals = (f"{experiment.name}: {len(runs)} runs = {points} sweep point(s) x {len(experiment.arms)} arm(s) "
               f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
               f"(results in {results_dir / experiment.name})")
-    notes = [f"warning: {warning}" for warning in checked.warnings] + audit_builders(runs, data_dir)
+    notes = [f"warning: {warning}" for warning in checked.warnings] + audit_builders(runs, checked)
     from bnexp.data import describe_images
 
     image_folders = dict.fromkeys(spec.config.data for spec in runs
@@ -129,6 +130,7 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
             else:
                 datasets[config.data] = (config.data.dataset, *dataset_info(config.data, data_dir), None)
         name, input_shape, num_classes, train_samples = datasets[config.data]
+        checked.shapes[config.data] = input_shape, num_classes
         if train_samples is not None:
             _check_batches(config, name, train_samples)
         model_key = _model_key(spec)
@@ -207,19 +209,18 @@ def _model_key(spec: RunSpec) -> tuple:
     return spec.config.model, spec.config.data, spec.builder
 
 
-def audit_builders(runs: list[RunSpec], data_dir: Path | None) -> list[str]:
+def audit_builders(runs: list[RunSpec], checked: RunsCheck) -> list[str]:
     """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed)
-    and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does not).
-    `bnexp plan` only: allocating the weights would start the backend on a device in `bnexp run`'s driver."""
+    and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does not), on the
+    data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp plan` only: allocating the weights would start the backend on a device in `bnexp run`'s driver."""
     import keras
 
     from bnexp.builders import audit_pair
-    from bnexp.data import dataset_info
     from bnexp.models import build_model
 
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in runs:
-        if spec.builder and not spec.data_error and spec.seed == runs[0].seed:
+        if spec.builder and spec.config.data in checked.shapes and spec.seed == runs[0].seed:
             groups.setdefault(tuple(sorted(spec.point.items(), key=str)), []).append(spec)
     lines, audited = [], set()
     for pair in groups.values():
@@ -227,7 +228,7 @@ def audit_builders(runs: list[RunSpec], data_dir: Path | None) -> list[str]:
         if key in audited or len(pair) < 2:
             continue
         audited.add(key)
-        input_shape, num_classes = dataset_info(pair[0].config.data, data_dir)
+        input_shape, num_classes = checked.shapes[pair[0].config.data]
         models = [(spec.arm, build_model(spec.config.model, input_shape, num_classes, spec.seed, spec.builder))
                   for spec in pair]
         line = audit_pair(pair[0].builder, models[0], models[1:], pair[0].seed)
