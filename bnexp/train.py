@@ -264,7 +264,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 def recompute_bn_statistics(model: keras.Model, batches) -> list[tuple]:
     """Set every BN layer's moving statistics to the mean over `batches` of its batch statistics
     (training mode); returns (variable, value before) for every non-trainable variable, to put back."""
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # Every BN layer at any depth: a model.builder may nest models or layers that hold BN layers, which
+    # `model.layers` (the top level) would miss. Keras walks its own layers the same way (_flatten_layers).
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:  # the no-BN arm: nothing to recompute, so no forward passes to pay for
         return []
     saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]

@@ -275,3 +275,19 @@ def test_a_package_that_fails_on_import_is_one_line(cli, write_config, tmp_path,
     result = cli("plan", config)
     assert result.exit_code == 2
     assert result.output == f"Error: {config}: model.builder: badpkg.nets:build: cannot import badpkg.nets: broken package\n"
+
+
+def test_precise_statistics_reach_the_bn_layers_of_a_nested_model():
+    import keras
+
+    from bnexp.train import recompute_bn_statistics
+
+    inner_in = keras.Input((4,))
+    block = keras.Model(inner_in, keras.layers.BatchNormalization()(keras.layers.Dense(3)(inner_in)))
+    outer_in = keras.Input((4,))
+    model = keras.Model(outer_in, keras.layers.Dense(2)(block(outer_in)))
+    bn = block.layers[-1]
+    x = np.random.default_rng(0).normal(5.0, 1.0, (16, 4)).astype("float32")
+    recompute_bn_statistics(model, [(x, None)])
+    expected = keras.ops.convert_to_numpy(block.layers[1](x)).mean(axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), expected, rtol=1e-5, atol=1e-5)
