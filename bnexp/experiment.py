@@ -111,19 +111,23 @@ def _model_section(config: dict, *keys: str) -> dict:
     return section if isinstance(section, dict) else {}
 
 
-def _norm(config: dict) -> str:
-    """The arm's normalisation kind (bnexp.config.norm_kind), with the group count for group."""
+def _kind(config: dict) -> str:
+    """The arm's normalisation kind (bnexp.config.norm_kind) from the run's config as JSON."""
     batch_norm, norm = _model_section(config, "batch_norm"), _model_section(config, "norm")
-    kind = norm_kind(batch_norm.get("enabled", True), batch_norm.get("renorm", False), norm.get("kind", "batch"))
-    return f"group ({norm.get('groups', 32)} groups)" if kind == "group" else kind
+    return norm_kind(batch_norm.get("enabled", True), batch_norm.get("renorm", False), norm.get("kind", "batch"))
+
+
+def _norm(config: dict) -> str:
+    """The arm's normalisation kind, with the group count for group."""
+    kind = _kind(config)
+    return f"group ({_model_section(config, 'norm').get('groups', 32)} groups)" if kind == "group" else kind
 
 
 def _precise_stats(config: dict) -> int:
     """model.batch_norm.precise_stats of the run's config: 0 when absent (off, or an older bnexp) and
-    for a run without BN, which has no statistics to recompute."""
-    batch_norm = _model_section(config, "batch_norm")
-    value = batch_norm.get("precise_stats", 0)
-    if batch_norm.get("enabled") is False or not isinstance(value, int) or isinstance(value, bool):
+    for a run whose normalisation is not BN (none, group, layer), which has no statistics to recompute."""
+    value = _model_section(config, "batch_norm").get("precise_stats", 0)
+    if _kind(config) not in ("batch", "batch_renorm") or not isinstance(value, int) or isinstance(value, bool):
         return 0
     return value
 

@@ -81,6 +81,8 @@ def test_the_example_resnet_plans_with_its_audit_and_trains_one_epoch(cli, write
     facts = dict(report._header_facts(experiment))
     assert facts["normalisation"] == "batch: batch; group: group (2 groups); none: none"
     assert facts["network"] == f"model.builder {EXAMPLE}:build"
+    # precise_stats is set for every arm, but only the BN arm has statistics to recompute
+    assert facts["precise BN statistics"].startswith("batch: 1 of 1 runs, from 2 training batches (")
     runs = experiment.runs.set_index("arm")
     assert runs.status.to_dict() == {"batch": "completed", "group": "completed", "none": "completed"}
     assert runs.epochs_run.tolist() == [1, 1, 1]
