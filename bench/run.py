@@ -142,7 +142,7 @@ def startup(folder: Path, data: dict) -> dict:
 
 def report_time(folder: Path, runs: int = 200, epochs: int = 25) -> float:
     """`bnexp report` on `runs` hand-made finished runs: 10 learning rates x 2 arms x 10 seeds."""
-    from bnexp.config import load_config
+    from bnexp.config.schema import load_config
     from bnexp.runner import write_experiment
     from bnexp.store import HISTORY, write_history, write_result, write_spec
     from bnexp.sweep import expand_runs
@@ -188,9 +188,9 @@ def training_flops() -> tuple[float, float]:
     the gradients with respect to inputs and weights, less the first layer's input gradient."""
     import keras
 
-    from bnexp.config import ModelConfig
+    from bnexp.config.schema import ModelConfig
     from bnexp.models import build_model
-    from bnexp.presets import PRESETS
+    from bnexp.config.presets import PRESETS
 
     model = build_model(ModelConfig.model_validate(PRESETS["e2_mnist_cnn"]), (28, 28, 1), 10, 0)
     costs = []

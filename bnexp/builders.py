@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from bnexp.config import BUILDER_ARGUMENTS, ModelConfig
+from bnexp.config.schema import BUILDER_ARGUMENTS, ModelConfig
 from bnexp.errors import BnexpError, ConfigError, one_line
 
 

@@ -95,7 +95,7 @@ def plan(config, overrides, sweeps, results_dir, data_dir):
     Example:
       bnexp plan configs/lr_sweep.yaml --set train.epochs=1
     """
-    from bnexp.planning import plan_experiment
+    from bnexp.plan import plan_experiment
 
     click.echo(plan_experiment(config, overrides, sweeps, results_dir=results_dir, data_dir=data_dir))
 
@@ -170,7 +170,7 @@ def report(target, results_dir, target_metric, target_value):
       bnexp report lr_sweep
       bnexp report mnist_cnn --target-metric loss --target-value 0.1
     """
-    from bnexp.report import write_reports
+    from bnexp.report.write import write_reports
 
     _check_target(target_metric, target_value)
     for path in write_reports(results_dir, target, target_metric=target_metric, target_value=target_value):

@@ -10,7 +10,7 @@ from keras import layers
 
 from bnexp import builders
 from bnexp.builders import Builder
-from bnexp.config import InitializerConfig, ModelConfig
+from bnexp.config.schema import InitializerConfig, ModelConfig
 from bnexp.errors import DataError, one_line
 
 _INITIALIZERS = {

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 from bnexp import store
-from bnexp.config import ExperimentConfig
+from bnexp.config.schema import ExperimentConfig
 from bnexp.executors import (NOT_TRAINED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
-from bnexp.keypaths import short_key
+from bnexp.config.keypaths import short_key
 from bnexp.metrics import EPOCH_METRICS
-from bnexp.planning import check_data, check_same_experiment
+from bnexp.checks import check_data, check_same_experiment
 from bnexp.sweep import RunSpec, load_runs
 
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator, TypedDict
 from filelock import FileLock, Timeout
 
 from bnexp import __version__
-from bnexp.validation import did_you_mean
+from bnexp.config.messages import did_you_mean
 from bnexp.errors import ResultsError
 
 # Version of the on-disk results layout; bumped on incompatible change.

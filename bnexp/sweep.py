@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bnexp.builders import Builder, check, locate
-from bnexp.config import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
+from bnexp.config.schema import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
 from bnexp.errors import ConfigError, DataError
 from bnexp.store import SpecRecord
 
@@ -73,7 +73,7 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
     `data_dir` is where relative csv/npz paths are looked for after the current directory (as in
     bnexp.data.load_dataset). A missing file does not stop the expansion: its runs get `data_error`.
     """
-    from bnexp.data import fingerprint
+    from bnexp.data.datasets import fingerprint
 
     keys = list(experiment.sweep)
     runs = []

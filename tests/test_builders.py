@@ -10,7 +10,8 @@ import yaml
 
 import bnexp
 from bnexp import report
-from bnexp.config import load_config
+from bnexp.report import sections
+from bnexp.config.schema import load_config
 from bnexp.sweep import load_runs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "resnet.py"
@@ -78,7 +79,7 @@ def test_the_example_resnet_plans_with_its_audit_and_trains_one_epoch(cli, write
     assert run.exit_code == 0, run.output
     assert "3 runs: 3 completed" in run.output
     experiment = bnexp.load_experiment(tmp_path / "results" / "tiny")
-    facts = dict(report._header_facts(experiment))
+    facts = dict(sections.header_facts(experiment))
     assert facts["normalisation"] == "batch: batch; group: group (2 groups); none: none"
     assert facts["network"] == f"model.builder {EXAMPLE}:build"
     # precise_stats is set for every arm, but only the BN arm has statistics to recompute
@@ -241,7 +242,7 @@ def test_builder_keys_that_would_be_ignored_or_misread_are_refused(tmp_path, mod
 
 
 def test_builder_fields_at_their_defaults_keep_earlier_run_ids():
-    from bnexp.config import RunConfig
+    from bnexp.config.schema import RunConfig
     from bnexp.sweep import run_id
 
     def identity(model):  # the config and id of test_norms' test of the ids given before model.norm existed
@@ -282,7 +283,7 @@ def test_a_package_that_fails_on_import_is_one_line(cli, write_config, tmp_path,
 def test_precise_statistics_reach_the_bn_layers_of_a_nested_model():
     import keras
 
-    from bnexp.train import recompute_bn_statistics
+    from bnexp.callbacks import recompute_bn_statistics
 
     inner_in = keras.Input((4,))
     block = keras.Model(inner_in, keras.layers.BatchNormalization()(keras.layers.Dense(3)(inner_in)))

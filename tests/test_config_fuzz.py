@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnexp.cli import main
-from bnexp.config import (BatchNormConfig, ConvBlock, DataConfig, DropoutConfig, EarlyStoppingConfig,
+from bnexp.config.schema import (BatchNormConfig, ConvBlock, DataConfig, DropoutConfig, EarlyStoppingConfig,
                           ExperimentConfig, InitializerConfig, ModelConfig, TrainConfig)
 
 BASE = {

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnexp.cli import main
-from bnexp.config import load_config
+from bnexp.config.schema import load_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

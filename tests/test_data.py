@@ -1,4 +1,4 @@
-"""bnexp.data on tiny files written in each dataset's official format."""
+"""bnexp.data.datasets on tiny files written in each dataset's official format."""
 
 import gzip
 import io
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnexp.config import DataConfig
-from bnexp.data import dataset_info, load_dataset
+from bnexp.config.schema import DataConfig
+from bnexp.data.datasets import dataset_info, load_dataset
 from bnexp.errors import DataError
 
 REAL_DATA = Path("/work/shared/data")

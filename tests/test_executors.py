@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bnexp.config import load_config
+from bnexp.config.schema import load_config
 from bnexp.errors import BnexpError
 from bnexp.executors import RunContext, default_workers, make_executor, run_processes, run_ray, run_sequential
 from bnexp.runner import SweepProgress, run_sweep

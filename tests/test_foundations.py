@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from bnexp.config import load_config
+from bnexp.config.schema import load_config
 from bnexp.errors import BnexpError, ConfigError
-from bnexp.planning import plan_experiment
+from bnexp.plan import plan_experiment
 from bnexp.runner import run_experiment
 from bnexp.store import RESULTS_FORMAT, read_spec, write_spec
 from bnexp.sweep import expand_runs, load_runs, run_id

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from bnexp.config import DataConfig, load_config
-from bnexp.data import describe_images, fingerprint, load_dataset
+from bnexp.config.schema import DataConfig, load_config
+from bnexp.data.datasets import describe_images, fingerprint, load_dataset
 from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs
 
@@ -255,7 +255,7 @@ def test_the_array_checks_apply_to_image_folders(cli, tmp_path, data, message):
 
 
 def test_image_hashes_are_kept_on_disk_until_an_image_changes(tmp_path):
-    from bnexp.imagefolders import _folder_content_sha256, _hash_cache_file
+    from bnexp.data.images import _folder_content_sha256, _hash_cache_file
 
     train = image_folder(tmp_path / "train")
     data = DataConfig(dataset="images", path=str(train), image_size=(8, 8))

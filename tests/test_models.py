@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bnexp.config import ModelConfig, expand_preset
+from bnexp.config.schema import ModelConfig, expand_preset
 from bnexp.models import build_model, count_params
 
 

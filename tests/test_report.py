@@ -11,7 +11,12 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bnexp import experiment, report, tables
+from bnexp.report import load as experiment
+
+from bnexp import report
+from bnexp.report import sections
+
+from bnexp.report import tables
 from bnexp.errors import ResultsError
 
 LR = "train.learning_rate"
@@ -157,7 +162,7 @@ def test_one_seed_gives_no_interval_and_says_so(tmp_path):
     assert paired.diff_mean == pytest.approx(-0.02)
     assert math.isnan(paired.ci_low) and math.isnan(paired.ci_high) and math.isnan(paired.p_value)
     assert paired.note == "one seed: no interval or test"
-    section = report._paired_section(exp)
+    section = sections._paired_section(exp)
     display = section.tables[0].display.iloc[0]
     assert display["95% CI (pp)"] == "no interval (1 seed)"
     assert display["mean diff. (pp)"] == "-2.00"
@@ -204,7 +209,7 @@ def test_steps_to_a_loss_target_use_the_step_log_and_give_the_speedup(tmp_path):
     table = tables.steps_table(exp.runs, per_run, [], exp.arms, "no_bn")
     assert row(table, arm="bn").speedup == 5.0
     assert math.isnan(row(table, arm="no_bn").speedup)
-    section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "loss", 0.5)
+    section = sections._steps_section(exp, {"no_bn": "b", "bn": "r"}, "loss", 0.5)
     assert row(section.tables[0].display, arm="bn")["speed-up vs no_bn"] == "5.00×"
 
 
@@ -388,7 +393,7 @@ def test_an_explicit_target_metric_nobody_logged_is_reported_as_such(tmp_path):
     writer = ExperimentWriter(tmp_path, "noval")
     writer.run("no_bn", 0, history=[{"epoch": 1, "step": 10, "loss": 0.5, "accuracy": 0.9}], result=completed(0.1))
     exp = report.load_experiment(writer.plan())
-    section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_loss", 0.4)
+    section = sections._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_loss", 0.4)
     assert section.notes == ["No run logged val_loss: every run shows as not reached."]
     assert list(section.tables[0].raw.reached) == [0]
     default = tables.resolve_target(exp.runs, exp.history, [], "no_bn", None, None)
@@ -402,7 +407,7 @@ def test_summary_states_the_interval_whether_it_excludes_zero_and_the_wins(tmp_p
         writer.run("bn", seed, history=epochs([0.9]), result=completed(bn))
     exp = report.load_experiment(writer.plan())
     paired = tables.paired_table(exp.runs, [], exp.arms, "no_bn")
-    summary = report._summary_section(exp, paired, tables.stability_table(exp.runs, []))
+    summary = sections._summary_section(exp, paired, tables.stability_table(exp.runs, []))
     assert summary.bullets == [
         "bn vs no_bn: mean test-error difference -1.67 pp, 95% CI [-3.10, -0.23] pp (excludes 0), "
         "paired t-test p = 0.038; bn won 3 of 3 seeds.",

@@ -8,7 +8,9 @@ import sys
 import pandas as pd
 import pytest
 
-from bnexp import report, store
+from bnexp import store
+
+from bnexp import report
 from bnexp.store import RESULTS_FORMAT
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS

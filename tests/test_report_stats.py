@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bnexp import experiment, plots, report, tables
+from bnexp.report import load as experiment
+
+from bnexp.report import plots
+
+from bnexp import report
+from bnexp.report import sections
+
+from bnexp.report import tables
 from test_report import LR, ExperimentWriter, completed, epochs, row
 
 # The reference's test error is 0.10 in every seed; the arm's differences per seed at each learning rate.
@@ -66,7 +73,7 @@ def test_paired_table_adjusts_over_the_sweep_and_says_how_many_seeds(tmp_path):
     assert (fast.p_bh, slow.p_bh, flat.p_bh) == pytest.approx((3 * P_FAST, 1.5 * P_SLOW, 1.0), rel=1e-9)
     assert (fast.seeds_needed, slow.seeds_needed) == (3, 18) and math.isnan(flat.seeds_needed)
 
-    section = report._paired_section(exp)
+    section = sections._paired_section(exp)
     display = section.tables[0].display
     assert display["seeds for a CI without 0"].tolist() == ["already does", "never (mean 0)", "18 seeds"]
     assert display["p (Holm)"].tolist() == [f"{3 * P_FAST:.3f}", "1.000", f"{2 * P_SLOW:.3f}"]
@@ -86,7 +93,7 @@ def test_one_seed_gives_no_adjustment_sentence_and_no_forest_plot(tmp_path):
     writer = ExperimentWriter(tmp_path, "single")
     writer.run("no_bn", 0, history=epochs([0.9]), result=completed(0.05))
     writer.run("bn", 0, history=epochs([0.9]), result=completed(0.04))
-    section = report._paired_section(experiment.load_experiment(writer.plan()))
+    section = sections._paired_section(experiment.load_experiment(writer.plan()))
     assert "Holm" not in section.explanation and section.figures == []
     assert section.tables[0].display["seeds for a CI without 0"].tolist() == ["–"]
 

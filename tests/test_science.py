@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnexp import report, tables
-from bnexp.config import load_config
+from bnexp import report
+from bnexp.report import sections
+
+from bnexp.report import tables
+from bnexp.config.schema import load_config
 from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs
-from bnexp.train import Divergence, PreciseBatchNorm, recompute_bn_statistics, train_run
+from bnexp.callbacks import Divergence, PreciseBatchNorm, recompute_bn_statistics
+from bnexp.train import train_run
 from test_report import ExperimentWriter, completed, diverged, epochs, row
 
 
@@ -140,7 +144,7 @@ def test_steps_to_a_validation_target_use_the_step_evaluations(tmp_path):
     by_loss = tables.steps_per_run(exp.runs, exp.history, exp.step_losses, loss_target, exp.step_evals)
     assert set(by_loss[by_loss.arm == "no_bn"].step) == {150.0}
     assert set(by_loss[by_loss.arm == "bn"].step) == {50.0}
-    section = report._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_accuracy", 0.85)
+    section = sections._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_accuracy", 0.85)
     assert row(section.tables[0].display, arm="bn")["speed-up vs no_bn"] == "3.00×"
     # both seeds 150 against 50: a geometric mean of 3 with no spread
     assert row(section.tables[0].display, arm="bn")["paired speed-up [95% CI]"] == "3.00× [3.00, 3.00] (2 pairs)"
@@ -172,7 +176,7 @@ def test_the_report_says_which_runs_used_precise_statistics(tmp_path):
             spec["config"]["model"] = {"batch_norm": {"enabled": arm == "bn", "precise_stats": 20 if seed else 0}}
             spec_path.write_text(json.dumps(spec))
     exp = report.load_experiment(writer.plan())
-    facts = dict(report._header_facts(exp))
+    facts = dict(sections.header_facts(exp))
     assert facts["precise BN statistics"] == (
         "bn: 1 of 2 runs, from 20 training batches (model.batch_norm.precise_stats: BN's moving statistics "
         "recomputed before every evaluation)")

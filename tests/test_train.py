@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from bnexp.config import EarlyStoppingConfig, load_config
+from bnexp.config.schema import EarlyStoppingConfig, load_config
 from bnexp.sweep import expand_runs
-from bnexp.train import EpochBatches, ResumableEarlyStopping, StepLossLog, epoch_order, train_run
+from bnexp.callbacks import ResumableEarlyStopping, StepLossLog
+from bnexp.train import EpochBatches, epoch_order, train_run
 
 
 def test_both_arms_see_the_same_batches_in_the_same_order(write_config, tmp_path, monkeypatch):

@@ -8,11 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from bnexp.config import load_config
-from bnexp.data import load_dataset
+from bnexp.config.schema import load_config
+from bnexp.data.datasets import load_dataset
 from bnexp.models import build_model
 from bnexp.sweep import expand_runs
-from bnexp.train import Divergence, EpochBatches, epoch_order, make_optimizer, train_run
+from bnexp.callbacks import Divergence
+from bnexp.train import EpochBatches, epoch_order, make_optimizer, train_run
 
 HISTORY_FIELDS = {"epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds",
                   "step_losses"}

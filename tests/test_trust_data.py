@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bnexp.config import load_config
+from bnexp.config.schema import load_config
 from bnexp.sweep import expand_runs
 
 
@@ -260,9 +260,9 @@ def test_a_batch_norm_axis_the_outputs_lack_is_refused(cli, tmp_path, npz_config
 
 
 def test_a_model_too_large_for_memory_says_the_numbers(cli, tmp_path, npz_config, monkeypatch):
-    import bnexp.planning
+    import bnexp.checks
 
-    monkeypatch.setattr(bnexp.planning, "physical_memory", lambda: 2**30)
+    monkeypatch.setattr(bnexp.checks, "physical_memory", lambda: 2**30)
     x, y = images(48)
     path = write_npz(tmp_path / "flat.npz", x[:36].reshape(36, 64), y[:36], x[36:].reshape(12, 64), y[36:])
     # 64 x 20000 + 20000 + 20000 x 20000 + 20000 + 20000 x 3 + 3 weights, x 4 (weight, gradient, 2 Adam slots) x 4 bytes
@@ -291,8 +291,8 @@ def test_samples_without_features_are_refused(cli, tmp_path, npz_config):
 def test_every_optimizer_has_its_slot_count_for_the_memory_estimate():
     from typing import get_args
 
-    from bnexp.config import TrainConfig
-    from bnexp.planning import _OPTIMIZER_SLOTS
+    from bnexp.config.schema import TrainConfig
+    from bnexp.checks import _OPTIMIZER_SLOTS
 
     assert set(_OPTIMIZER_SLOTS) == set(get_args(TrainConfig.model_fields["optimizer"].annotation))
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnexp.cli import main
-from bnexp.config import load_config
+from bnexp.config.schema import load_config
 from bnexp.errors import BnexpError
 from bnexp.executors import RunContext, _check_ray_resources, run_ray
 from bnexp.sweep import expand_runs

@@ -7,7 +7,11 @@ import re
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from bnexp import plots, report, tables
+from bnexp.report import plots
+
+from bnexp import report
+
+from bnexp.report import tables
 from test_report import ACT, LR, ExperimentWriter, completed, epochs
 
 DROPOUT_ARMS = ["baseline", "dropout_before_pool", "dropout_after_pool", "bn", "bn_dropout"]

@@ -1,4 +1,4 @@
-"""What an experiment means, checked after its form (bnexp.config validates the form): the arms of a pair
+"""What an experiment means, checked after its form (bnexp.config.schema validates the form): the arms of a pair
 differ only where an arm may change them, and every sweep value, --set and arm takes effect."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bnexp.config import ARM_SECTIONS, DEFAULT_ARMS, ExperimentConfig
+from bnexp.config.schema import ARM_SECTIONS, DEFAULT_ARMS, ExperimentConfig
 from bnexp.errors import ConfigError
-from bnexp.keypaths import covers, get_dotted
-from bnexp.validation import did_you_mean, format_value
+from bnexp.config.keypaths import covers, get_dotted
+from bnexp.config.messages import did_you_mean, format_value
 
 
 def check_arm_keys(experiment: ExperimentConfig, path: Path) -> None:

@@ -1,7 +1,7 @@
 """The report's tables: computed from loaded runs as pandas frames holding full-precision numbers
 (the CSV files), and the cell formatting that turns them into the tables on the page.
 
-Every table function takes the frames `bnexp.experiment.load_experiment` builds (one row per run,
+Every table function takes the frames `bnexp.report.load.load_experiment` builds (one row per run,
 one row per run and epoch, one row per logged step) and returns one table. Error rates and
 accuracies stay fractions there, as in result.json; the cell formatters below make them
 percentages, with the units in the column headers.
@@ -17,8 +17,8 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from bnexp.cells import point_label
-from bnexp.experiment import Experiment, final_values, is_number
+from bnexp.report.cells import point_label
+from bnexp.report.load import Experiment, final_values, is_number
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
 

@@ -13,10 +13,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from bnexp.experiment import is_number
-from bnexp.keypaths import short_key
+from bnexp.report.load import is_number
+from bnexp.config.keypaths import short_key
 from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS, is_accuracy
-from bnexp.cells import point_label, value_label
+from bnexp.report.cells import point_label, value_label
 
 REFERENCE_COLOUR = "#4c72b0"
 ARM_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")

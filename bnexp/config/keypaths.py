@@ -1,5 +1,5 @@
 """Dotted key paths (`model.conv.0.filters`) in raw config mappings, the YAML those are read from,
-and the `--set KEY=VALUE` / `--sweep KEY=[VALUES]` items that name them: what bnexp.config works on
+and the `--set KEY=VALUE` / `--sweep KEY=[VALUES]` items that name them: what bnexp.config.schema works on
 before validation.
 """
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bnexp.config import DataConfig
-from bnexp.datafiles import Arrays, stratified_test_split
+from bnexp.config.schema import DataConfig
+from bnexp.data.files import Arrays, stratified_test_split
 from bnexp.errors import DataError, one_line
 
 # What Pillow decodes for an image folder; other files (notes, .DS_Store) are left alone, as Keras'

@@ -1,4 +1,4 @@
-"""What `bnexp plan` shows, and what it and `bnexp run` check before training: that the experiment's
+"""What `bnexp plan` and `bnexp run` check before training: that the experiment's
 folder holds no other experiment, the data can serve each run (batch size, steps per epoch) and each
 model can take the data's shape and fits in memory."""
 
@@ -9,13 +9,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from bnexp.builders import Builder
-from bnexp.config import ExperimentConfig, RunConfig, TrainConfig
+from bnexp.config.schema import ExperimentConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
-from bnexp.store import FINAL_STATUSES, PENDING, read_experiment, run_dir, run_status
-from bnexp.sweep import UNKNOWN_DATA, RunSpec, load_runs
+from bnexp.store import read_experiment
+from bnexp.sweep import RunSpec
 
 # Slot variables Keras' optimizers keep per trainable weight: what training holds beyond the weights
 # and their gradients (rmsprop and sgd add a momentum slot only when momentum is set).
@@ -28,16 +27,6 @@ class RunsCheck:
     warnings: list[str] = field(default_factory=list)  # parts of the data too small to mean much
     missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
     shapes: dict = field(default_factory=dict)  # DataConfig -> (input_shape, num_classes) of each checked dataset
-
-
-def plan_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (), *,
-                    results_dir: Path = Path("results"), data_dir: Path | None = None) -> str:
-    """`bnexp plan`: the table of the experiment's runs (sweep values, arm, seed, run id, normalisation
-    kind, parameter counts, status) and its totals, after the checks `bnexp run` makes that need no training."""
-    config_file, results_dir = Path(config_file), Path(results_dir)
-    experiment, runs = load_runs(config_file, overrides, sweeps, data_dir)
-    check_same_experiment(experiment, runs, results_dir, config_file)
-    return plan_table(experiment, runs, results_dir, data_dir)
 
 
 def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
@@ -67,42 +56,6 @@ def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
         print(f"Warning: {warning}", file=sys.stderr, flush=True)
 
 
-def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path, data_dir: Path | None) -> str:
-    import pandas as pd
-
-    checked = check_runs(runs, data_dir, strict=False)
-    rows = []
-    for spec in runs:
-        trainable, frozen = checked.params.get(_model_key(spec), ("?", "?"))
-        rows.append({
-            **{key: value for key, value in spec.point.items()},
-            "arm": spec.arm,
-            "seed": spec.seed,
-            "run id": spec.run_id,
-            "norm": spec.config.model.norm_kind,
-            "trainable": trainable,
-            "non-trainable": frozen,
-            "status": PENDING if spec.data_error else run_status(run_dir(results_dir, spec.experiment, spec.run_id)),
-        })
-    table = pd.DataFrame(rows).to_string(index=False)
-    points = len(runs) // (len(experiment.arms) * len(experiment.seeds))
-    statuses = pd.Series([row["status"] for row in rows]).value_counts()
-    done = sum(statuses.get(status, 0) for status in FINAL_STATUSES)
-    totals = (f"{experiment.name}: {len(runs)} runs = {points} sweep point(s) x {len(experiment.arms)} arm(s) "
-              f"x {len(experiment.seeds)} seed(s); {done} complete, {len(runs) - done} to run "
-              f"(results in {results_dir / experiment.name})")
-    notes = [f"warning: {warning}" for warning in checked.warnings] + audit_builders(runs, checked)
-    from bnexp.data import describe_images
-
-    image_folders = dict.fromkeys(spec.config.data for spec in runs
-                                  if spec.config.data.dataset == "images" and not spec.data_error)
-    notes += [f"data: {describe_images(data, data_dir)}" for data in image_folders]
-    if checked.missing:
-        notes += [f"run ids end in '{UNKNOWN_DATA}' until the data file is there: an id covers the file's content",
-                  f"parameter counts need the data ('?' above): {checked.missing}"]
-    return "\n".join([table, "", totals, *notes])
-
-
 def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> RunsCheck:
     """Check every run against its data, loading each distinct dataset and building each distinct model
     (without its weights) once; DataError, one line naming the data file and the key, for the first
@@ -112,7 +65,7 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
     file is an error. Otherwise (`bnexp plan`) a built-in dataset's shape comes from its published
     constants, without reading it, and the runs of a missing csv/npz file are left unchecked.
     """
-    from bnexp.data import dataset_info, load_dataset
+    from bnexp.data.datasets import dataset_info, load_dataset
 
     checked, datasets = RunsCheck(), {}
     for spec in runs:
@@ -133,10 +86,10 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
         checked.shapes[config.data] = input_shape, num_classes
         if train_samples is not None:
             _check_batches(config, name, train_samples)
-        model_key = _model_key(spec)
-        if model_key not in checked.params:
-            checked.params[model_key] = _check_model(config, name, input_shape, num_classes, spec.builder)
-        _check_memory(config.train, checked.params[model_key], name, input_shape)
+        key = model_key(spec)
+        if key not in checked.params:
+            checked.params[key] = _check_model(config, name, input_shape, num_classes, spec.builder)
+        _check_memory(config.train, checked.params[key], name, input_shape)
     return checked
 
 
@@ -205,7 +158,7 @@ def physical_memory() -> int | None:
         return None
 
 
-def _model_key(spec: RunSpec) -> tuple:
+def model_key(spec: RunSpec) -> tuple:
     return spec.config.model, spec.config.data, spec.builder
 
 
@@ -224,7 +177,7 @@ def audit_builders(runs: list[RunSpec], checked: RunsCheck) -> list[str]:
             groups.setdefault(tuple(sorted(spec.point.items(), key=str)), []).append(spec)
     lines, audited = [], set()
     for pair in groups.values():
-        key = tuple(_model_key(spec) for spec in pair)
+        key = tuple(model_key(spec) for spec in pair)
         if key in audited or len(pair) < 2:
             continue
         audited.add(key)

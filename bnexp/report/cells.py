@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from bnexp.keypaths import short_key
+from bnexp.config.keypaths import short_key
 
 
 def value_label(value) -> str:

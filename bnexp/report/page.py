@@ -1,7 +1,7 @@
 """The report page: its parts (Table, Plot, Section) and their rendering as one self-contained
 HTML page, as Markdown, and as the files of the report folder.
 
-Knows nothing of experiments: the section builders (bnexp.report) fill the parts in.
+Knows nothing of experiments: the section builders (bnexp.report.sections) fill the parts in.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The reporter: builds the sections of an experiment's report from its loaded runs
-(bnexp.experiment) and writes, per experiment, `report/` with `index.html` (one self-contained
-page), `report.md`, `tables/*.csv` (full precision) and `plots/*.png` (bnexp.page renders them).
+"""The report's sections: each one a heading, its text, tables and figures, built from an
+experiment's loaded runs (bnexp.report.load); bnexp.report.write puts them on disk.
 
 It never imports TensorFlow or Keras, so it stays fast and works while a sweep is running:
 runs still training, interrupted, failed or unreadable are listed, not dropped.
@@ -10,20 +9,18 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
-from bnexp import __version__, plots, tables
-from bnexp.errors import ResultsError
-from bnexp.experiment import CHANCE_MARGIN, Experiment, is_number, load_experiment, sort_key
-from bnexp.keypaths import short_key
+from bnexp import __version__
+from bnexp.config.keypaths import short_key
 from bnexp.metrics import LOSS, VAL_ACCURACY, VAL_LOSS
-from bnexp.page import Plot, Section, Table, report_files, slug
-from bnexp.store import FINAL_STATUSES, experiment_dirs, write_tree
-from bnexp.cells import count, fmt, key_columns, p_value_text, pct, point_label, pp, value_label
+from bnexp.report import plots, tables
+from bnexp.report.load import CHANCE_MARGIN, Experiment, is_number, sort_key
+from bnexp.report.page import Plot, Section, Table, slug
+from bnexp.store import FINAL_STATUSES
+from bnexp.report.cells import count, fmt, key_columns, p_value_text, pct, point_label, pp, value_label
 
-REPORT_DIR = "report"
 # Curves get one figure per sweep point; past this many the page would be a wall of plots.
 MAX_CURVE_POINTS = 24
 
@@ -369,7 +366,7 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
     return section
 
 
-def _header_facts(exp: Experiment) -> list[tuple[str, str]]:
+def header_facts(exp: Experiment) -> list[tuple[str, str]]:
     runs = exp.runs
     counts = runs.status.value_counts()
     finished = int(sum(counts.get(status, 0) for status in FINAL_STATUSES))
@@ -428,48 +425,3 @@ def build_sections(exp: Experiment, target_metric: str | None = None,
         _missing_section(exp),
         _runs_section(exp),
     ]
-
-
-def write_report(experiment_dir: Path, *, target_metric: str | None = None,
-                 target_value: float | None = None) -> Path:
-    """Write `<experiment_dir>/report/` and return its path.
-
-    Raises ResultsError when the folder holds no run that has started.
-    """
-    exp = load_experiment(Path(experiment_dir))
-    if exp.runs.empty:
-        raise ResultsError(f"{experiment_dir}: no run has started yet ({exp.planned} planned); "
-                           "run `bnexp run CONFIG` first")
-    return _write(exp, build_sections(exp, target_metric, target_value))
-
-
-def _write(exp: Experiment, sections: list[Section]) -> Path:
-    """Write the report folder in one piece (store.write_tree), replacing any previous report."""
-    target = exp.path / REPORT_DIR
-    write_tree(target, report_files(exp.name, _header_facts(exp), sections))
-    return target
-
-
-def write_reports(results_dir: Path, target: str | None = None, *, target_metric: str | None = None,
-                  target_value: float | None = None) -> list[Path]:
-    """Write a report for each experiment `target` names and return the report folders.
-
-    `target` is an experiment name under `results_dir`, a path to an experiment folder or to
-    a results folder; None means every experiment under `results_dir`. `target_metric`
-    (val_accuracy, accuracy, loss or val_loss) and `target_value` set the steps-to-target
-    threshold; by default it is 90% of the reference arm's best mean final validation
-    accuracy. Experiments where no run has started are skipped when reporting several; a
-    call that finds nothing to report raises ResultsError with a one-line message.
-    """
-    results_dir = Path(results_dir)
-    dirs = experiment_dirs(results_dir, target)
-    if len(dirs) == 1:
-        return [write_report(dirs[0], target_metric=target_metric, target_value=target_value)]
-    reports = []
-    for experiment_dir in dirs:
-        exp = load_experiment(experiment_dir)
-        if not exp.runs.empty:
-            reports.append(_write(exp, build_sections(exp, target_metric, target_value)))
-    if not reports:
-        raise ResultsError(f"{results_dir}: no experiment has a started run yet; run `bnexp run CONFIG` first")
-    return reports

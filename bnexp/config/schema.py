@@ -19,10 +19,10 @@ from pydantic import (
 )
 
 from bnexp.errors import ConfigError
-from bnexp.keypaths import deep_merge, load_yaml, parse_override, set_dotted
+from bnexp.config.keypaths import deep_merge, load_yaml, parse_override, set_dotted
 from bnexp.metrics import EPOCH_METRICS, VAL_LOSS
-from bnexp.presets import PRESETS
-from bnexp.validation import did_you_mean, format_value, validate
+from bnexp.config.presets import PRESETS
+from bnexp.config.messages import did_you_mean, format_value, validate
 
 DEFAULT_ARMS = {
     "no_bn": {"model.batch_norm.enabled": False},
@@ -39,7 +39,7 @@ MAX_SEED = 2**32 - 1
 
 class Strict(BaseModel):
     # frozen: a config is validated once and then carried as it is; its lists are tuples, so that no
-    # part of it can change either, and a section can key a cache (bnexp.data).
+    # part of it can change either, and a section can key a cache (bnexp.data.datasets).
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
     @field_validator("*", mode="before")
@@ -174,7 +174,7 @@ BUILDER_ARGUMENTS = ("input_shape", "num_classes", "norm")  # what bnexp passes 
 
 
 class ModelConfig(Strict):
-    preset: str | None = None  # name from bnexp.presets, already merged under these keys
+    preset: str | None = None  # name from bnexp.config.presets, already merged under these keys
     conv: tuple[ConvBlock, ...] = ()  # empty: an MLP
     dense: tuple[PositiveInt, ...] = ()  # hidden units; the softmax output layer is always added
     activation: Literal[
@@ -438,7 +438,7 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
     experiment = validate(ExperimentConfig, raw, str(path), key_sources, context={"overrides": run_overrides})
     sweep_sources = {key: key_sources.get(f"sweep.{key}") or key_sources.get("sweep", f"{path}: sweep.{key}")
                      for key in experiment.sweep}
-    from bnexp.meaning import check_arm_keys, check_conflicts, check_repeated_sweep_values
+    from bnexp.config.consistency import check_arm_keys, check_conflicts, check_repeated_sweep_values
 
     check_arm_keys(experiment, path)
     check_conflicts(experiment, sweep_sources)

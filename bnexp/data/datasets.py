@@ -1,4 +1,4 @@
-"""Datasets: the arrays a `data` config section means, read from their files (bnexp.datafiles),
+"""Datasets: the arrays a `data` config section means, read from their files (bnexp.data.files),
 then subset, split, checked and scaled into read-only float32 inputs and int32 labels.
 
 Keras is imported only by the download fallback, so importing this module stays fast.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.config import DataConfig
-from bnexp.datafiles import BUILTINS, Arrays, normalise, read_builtin, read_csv, read_npz
-from bnexp.imagefolders import check_image_headers, folder_sha256, image_files, image_shape, read_images, scan_images
+from bnexp.config.schema import DataConfig
+from bnexp.data.files import BUILTINS, Arrays, normalise, read_builtin, read_csv, read_npz
+from bnexp.data.images import check_image_headers, folder_sha256, image_files, image_shape, read_images, scan_images
 from bnexp.errors import DataError
 
 

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from bnexp.errors import ConfigError
-from bnexp.keypaths import related
+from bnexp.config.keypaths import related
 
 
 def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: dict[str, str] = {},

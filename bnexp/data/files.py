@@ -1,6 +1,6 @@
 """The files datasets come in, each read into train and test arrays with errors naming the file:
 the built-in datasets' official files (MNIST's npz, Fashion-MNIST's IDX files, CIFAR-10's pickled
-batches) or Keras' download of them, and a user's npz or CSV file (image folders: bnexp.imagefolders).
+batches) or Keras' download of them, and a user's npz or CSV file (image folders: bnexp.data.images).
 
 Keras is imported only by the download fallback, so importing this module stays fast.
 """
@@ -19,8 +19,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from bnexp.config import DataConfig
-from bnexp.validation import closest
+from bnexp.config.schema import DataConfig
+from bnexp.config.messages import closest
 from bnexp.errors import DataError, one_line
 
 

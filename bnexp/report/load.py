@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnexp.config import norm_kind
-from bnexp.data import builtin_num_classes
+from bnexp.config.schema import norm_kind
+from bnexp.data.datasets import builtin_num_classes
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
 from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, HISTORY, INCOMPLETE, NOT_STARTED, RESULT, RUNNING, SPEC,
@@ -58,7 +58,7 @@ class Experiment:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The report's tables by file name (tables/<name>.csv), with its default steps-to-target
         threshold; computed on first use."""
-        from bnexp.tables import report_tables  # bnexp.tables imports this module
+        from bnexp.report.tables import report_tables  # bnexp.report.tables imports this module
 
         return report_tables(self)
 

@@ -1,0 +1,3 @@
+"""The data wing: built-in datasets and users' array files (files), image folders (images),
+and what a `data` section means as arrays (datasets). Import the module you need.
+"""
