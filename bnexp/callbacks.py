@@ -13,7 +13,6 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -21,9 +20,6 @@ import numpy as np
 from bnexp.config.schema import EarlyStoppingConfig
 from bnexp.metrics import ACCURACY, EPOCH_METRICS, LOSS, is_accuracy
 from bnexp.store import CHECKPOINT, HISTORY, HistoryRow, read_history, write_atomic, write_history
-
-if TYPE_CHECKING:
-    from bnexp.train import EpochBatches
 
 
 class StepLossLog(keras.callbacks.Callback):
@@ -70,7 +66,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     states that the training-mode passes advanced) is put back, so training goes on as without it.
     """
 
-    def __init__(self, data: EpochBatches, batches: int):
+    def __init__(self, data: keras.utils.PyDataset, batches: int):
         super().__init__()
         self.data, self.batches, self.saved = data, batches, None
 
