@@ -361,15 +361,59 @@ def _older_facts(config: dict) -> RunFacts:
 
 @dataclass(frozen=True)
 class Run:
-    """One run folder, its files read once (open_run): spec, history and result as far as they read,
-    `damage` saying why one does not, and the run's one `status`, derived here and nowhere else."""
+    """One run folder (open_run) and the run's one `status`, derived here and nowhere else. Its files
+    are read on first use, each once: spec and result when it is opened, history.jsonl when `history`,
+    `damage` or `status` first needs it (deciding whether to train a run needs only its result)."""
 
     path: Path
-    spec: SpecRecord | None  # None: no spec.json (never started), or a damaged one
-    history: tuple[HistoryRow, ...]  # () when history.jsonl is missing or damaged
-    result: ResultRecord | None  # None: no result.json yet, or a damaged one
-    damage: str | None  # `FILE: reason` for the first file that cannot be read, else None
-    history_damaged: bool = False  # the damage is history.jsonl's alone: spec and result read
+
+    @functools.cached_property
+    def _records(self) -> tuple[SpecRecord | None, ResultRecord | None, str | None]:
+        """spec.json and result.json as far as they read, and `FILE: reason` for the first that does not."""
+        spec = result = damage = None
+        try:
+            spec = read_spec(self.path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as error:
+            damage = f"{SPEC}: {_reason(error)}"
+        try:
+            result = read_result(self.path)
+        except (OSError, ValueError) as error:
+            damage = damage or f"{RESULT}: {_reason(error)}"
+        return spec, result, damage
+
+    @functools.cached_property
+    def _history(self) -> tuple[tuple[HistoryRow, ...], str | None]:
+        try:
+            return tuple(read_history(self.path / HISTORY)), None
+        except (OSError, ValueError) as error:
+            return (), f"{HISTORY}: {_reason(error)}"
+
+    @property
+    def spec(self) -> SpecRecord | None:
+        """spec.json; None when there is none (never started) or it is damaged."""
+        return self._records[0]
+
+    @property
+    def result(self) -> ResultRecord | None:
+        """result.json; None while there is none (not finished) or it is damaged."""
+        return self._records[1]
+
+    @property
+    def history(self) -> tuple[HistoryRow, ...]:
+        """history.jsonl's epochs; () when there is none yet or it is damaged."""
+        return self._history[0]
+
+    @property
+    def damage(self) -> str | None:
+        """`FILE: reason` for the first of spec.json, result.json and history.jsonl that cannot be read."""
+        return self._records[2] or self._history[1]
+
+    @property
+    def history_damaged(self) -> bool:
+        """The damage is history.jsonl's alone: spec and result read."""
+        return self._records[2] is None and self._history[1] is not None
 
     @property
     def id(self) -> str:
@@ -385,7 +429,7 @@ class Run:
     def recorded_status(self) -> str:
         """The status the readable files give, a damaged history.jsonl set aside: the report still
         tables such a run, without its curves. Equals `status` for every run without damage."""
-        if self.damage and not self.history_damaged:
+        if self._records[2]:
             return DAMAGED
         recorded = self.result["status"] if self.result else None
         if recorded in FINAL_STATUSES:
@@ -441,33 +485,15 @@ class Run:
 
 
 def open_run(run_dir: Path) -> Run:
-    """The run in `run_dir` with its files read once. A file that cannot be read makes it damaged
-    (Run.damage names the file and why); ResultsError when its spec.json is in another results format."""
-    run_dir = Path(run_dir)
-    spec = result = None
-    history: list[HistoryRow] = []
-    damage, history_damaged = None, False
-    try:
-        spec = read_spec(run_dir)
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        damage = f"{SPEC}: {error.strerror or error}"
-    except ValueError as error:
-        damage = f"{SPEC}: {error}"
-    try:
-        result = read_result(run_dir)
-    except OSError as error:
-        damage = damage or f"{RESULT}: {error.strerror or error}"
-    except ValueError as error:
-        damage = damage or f"{RESULT}: {error}"
-    try:
-        history = read_history(run_dir / HISTORY)
-    except (OSError, ValueError) as error:
-        history_damaged = damage is None
-        reason = error.strerror or error if isinstance(error, OSError) else error
-        damage = damage or f"{HISTORY}: {reason}"
-    return Run(run_dir, spec, tuple(history), result, damage, history_damaged)
+    """The run in `run_dir`, its spec.json and result.json read. A file that cannot be read makes it
+    damaged (Run.damage names the file and why); ResultsError when its spec.json is in another results format."""
+    run = Run(Path(run_dir))
+    run.spec  # read now: a folder in another format is refused here, not whenever a status is asked
+    return run
+
+
+def _reason(error: Exception) -> str:
+    return str(error.strerror or error) if isinstance(error, OSError) else str(error)
 
 
 @contextlib.contextmanager
