@@ -192,9 +192,9 @@ def status(target, results_dir):
     Example:
       bnexp status lr_sweep --results results
     """
-    from bnexp.status import sweep_status
+    from bnexp.status import experiments_status
 
-    click.echo(sweep_status(results_dir, target))
+    click.echo(experiments_status(results_dir, target))
 
 
 def _check_target(metric: str | None, value: float | None) -> None:

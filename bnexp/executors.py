@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError, ConfigError
-from bnexp.store import RUNNING, RunLocked, is_complete, pack_run, run_dir, run_lock, unpack_run
+from bnexp.store import RUNNING, RunLocked, open_run, pack_run, run_dir, run_lock, unpack_run
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -52,13 +52,16 @@ class RunContext:
 Executor = Callable[[list[RunSpec], RunContext], Iterator[tuple[RunSpec, dict]]]
 
 
-# Not a run's status but what a sweep makes of a run found complete when its turn came.
-SKIPPED = "skipped"
-# Records for runs this process did not train; never written to disk.
-NOT_TRAINED = {
-    RUNNING: "another bnexp process is training it",
-    SKIPPED: "another bnexp process completed it",
-}
+class NotTrained(dict):
+    """What this process made of a run it did not train, in place of a result record and never written
+    to disk: {"status": the run's status when its turn came}, in bnexp.store's words. `running`:
+    another process holds it; `completed` or `diverged`: another process completed it since this
+    sweep was planned."""
+
+    @property
+    def reason(self) -> str:
+        return ("another bnexp process is training it" if self["status"] == RUNNING
+                else "another bnexp process completed it")
 
 
 # `bnexp status` takes a run's lock for an instant to see whether it is held; waiting this long
@@ -67,18 +70,19 @@ LOCK_WAIT = 1.0
 
 
 @contextlib.contextmanager
-def claim_run(run_dir: Path) -> Iterator[dict | None]:
+def claim_run(run_dir: Path) -> Iterator[NotTrained | None]:
     """Hold the run's lock while the caller trains it; yields None when the run is this process's to
-    train, else the record saying why not (status `running` or `skipped`, see NOT_TRAINED).
+    train, else the record saying why not (NotTrained).
 
     Holding the lock while training is what lets several `bnexp run` share a results folder: a run
     locked by another process, or completed by one since this sweep was planned, is not trained again.
     """
     try:
         with run_lock(run_dir, wait=LOCK_WAIT):
-            yield {"status": SKIPPED} if is_complete(run_dir) else None
+            run = open_run(run_dir)
+            yield NotTrained(status=run.result["status"]) if run.is_complete else None
     except RunLocked:
-        yield {"status": RUNNING}
+        yield NotTrained(status=RUNNING)
 
 
 def train_one(spec: RunSpec, context: RunContext) -> dict:

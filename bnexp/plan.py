@@ -8,7 +8,7 @@ from typing import Sequence
 
 from bnexp.checks import audit_builders, check_runs, check_same_experiment, model_key
 from bnexp.config.schema import ExperimentConfig
-from bnexp.store import FINAL_STATUSES, PENDING, run_dir, run_status
+from bnexp.store import FINAL_STATUSES, PENDING, open_run, run_dir
 from bnexp.sweep import UNKNOWN_DATA, RunSpec, load_runs
 
 
@@ -37,7 +37,7 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
             "norm": spec.config.model.norm_kind,
             "trainable": trainable,
             "non-trainable": frozen,
-            "status": PENDING if spec.data_error else run_status(run_dir(results_dir, spec.experiment, spec.run_id)),
+            "status": PENDING if spec.data_error else open_run(run_dir(results_dir, spec.experiment, spec.run_id)).status,
         })
     table = pd.DataFrame(rows).to_string(index=False)
     points = len(runs) // (len(experiment.arms) * len(experiment.seeds))

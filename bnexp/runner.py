@@ -13,7 +13,7 @@ from typing import Sequence
 
 from bnexp import store
 from bnexp.config.schema import ExperimentConfig
-from bnexp.executors import (NOT_TRAINED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
+from bnexp.executors import (Executor, NotTrained, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
 from bnexp.config.keypaths import short_key
 from bnexp.metrics import EPOCH_METRICS
@@ -53,7 +53,8 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
 
 def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
     """The runs without a final record (never started, interrupted or failed)."""
-    return [spec for spec in runs if not store.is_complete(store.run_dir(results_dir, spec.experiment, spec.run_id))]
+    return [spec for spec in runs
+            if not store.open_run(store.run_dir(results_dir, spec.experiment, spec.run_id)).is_complete]
 
 
 def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
@@ -84,10 +85,10 @@ class SweepSummary:
         return self.total - self.skipped - self.elsewhere - sum(self.statuses.values())
 
     def add(self, result: dict) -> None:
-        if result["status"] == SKIPPED:
-            self.skipped += 1
-        elif result["status"] == store.RUNNING:
+        if isinstance(result, NotTrained) and result["status"] == store.RUNNING:
             self.elsewhere += 1
+        elif isinstance(result, NotTrained):
+            self.skipped += 1
         else:
             self.statuses[result["status"]] += 1
 
@@ -154,9 +155,9 @@ class SweepProgress:
         self.done += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=1)
-        elif not self.quiet and result["status"] in NOT_TRAINED:
-            print(f"[{self.done}/{self.total}] {spec.run_id} {_point(spec)} not trained here: "
-                  f"{NOT_TRAINED[result['status']]}", flush=True)
+        elif not self.quiet and isinstance(result, NotTrained):
+            print(f"[{self.done}/{self.total}] {spec.run_id} {_point(spec)} not trained here: {result.reason}",
+                  flush=True)
         elif not self.quiet:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / self.done * (self.total - self.done)

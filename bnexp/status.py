@@ -8,12 +8,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bnexp.store import (CHECKPOINT, COMPLETED, DAMAGED, DIVERGED, EXPERIMENT, FAILED, HISTORY, INCOMPLETE, PENDING,
-                         RESULT, RUNNING, SPEC, STATUSES, check_format, experiment_dirs, read_experiment,
-                         read_history, read_json, run_damage, run_status)
+from bnexp.store import DAMAGED, EXPERIMENT, SPEC, STATUSES, Run, experiment_dirs, open_run, read_experiment
 
 
-def sweep_status(results_dir: Path, target: str | None = None) -> str:
+def experiments_status(results_dir: Path, target: str | None = None) -> str:
     """One table per experiment `target` names (see store.experiment_dirs): each run's state,
     epochs and outcome."""
     return "\n\n".join(experiment_status(folder) for folder in experiment_dirs(results_dir, target))
@@ -32,7 +30,7 @@ def experiment_status(folder: Path) -> str:
         run_ids = sorted(child.name for child in folder.iterdir() if (child / SPEC).is_file())
         if (folder / EXPERIMENT).exists():
             note = f"; {EXPERIMENT} is damaged, so only the run folders are listed"
-    rows = [run_row(folder / run_id) for run_id in run_ids]
+    rows = [run_row(open_run(folder / run_id)) for run_id in run_ids]
     header = {"run": "run id", "status": "status", "epochs": "epochs", "detail": "detail"}
     widths = {key: max(len(row[key]) for row in [header, *rows]) for key in ("run", "status", "epochs")}
     lines = [
@@ -46,29 +44,7 @@ def experiment_status(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def run_row(run_dir: Path) -> dict[str, str]:
+def run_row(run: Run) -> dict[str, str]:
     """The run's id, state, epochs done out of planned, and its outcome or what happens next."""
-    damage = run_damage(run_dir)
-    if damage:
-        return {"run": run_dir.name, "status": DAMAGED, "epochs": "", "detail": damage}
-    check_format(run_dir / SPEC)
-    status = run_status(run_dir)
-    spec, result = read_json(run_dir / SPEC) or {}, read_json(run_dir / RESULT) or {}
-    planned = spec.get("config", {}).get("train", {}).get("epochs", "?")
-    done = len(read_history(run_dir / HISTORY))
-    detail = {
-        COMPLETED: lambda: f"test error {result.get('test_error', float('nan')):.4f}",
-        DIVERGED: lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}" + _steps(result),
-        FAILED: lambda: f"{result.get('error')} (retried by the next bnexp run)",
-        RUNNING: lambda: "another bnexp process holds its lock",
-        INCOMPLETE: lambda: ("interrupted; resumes from its last checkpoint" if (run_dir / CHECKPOINT).exists()
-                               else "interrupted; restarts from epoch 1"),
-        PENDING: lambda: "",
-    }.get(status, lambda: "")()
-    return {"run": run_dir.name, "status": status, "epochs": f"{done}/{planned}" if spec else "", "detail": detail}
-
-
-def _steps(result: dict) -> str:
-    """The optimizer steps between which the loss went NaN, when the run recorded them."""
-    steps = result.get("diverged_steps")
-    return f" (steps {steps[0]}-{steps[1]})" if steps else ""
+    epochs = f"{len(run.history)}/{run.epochs_planned}" if run.spec is not None and run.status != DAMAGED else ""
+    return {"run": run.id, "status": run.status, "epochs": epochs, "detail": run.detail}

@@ -8,18 +8,19 @@ Imports nothing heavy, so `bnexp status` and `bnexp report` stay fast.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
 from filelock import FileLock, Timeout
 
 from bnexp import __version__
-from bnexp.config.messages import did_you_mean
 from bnexp.errors import ResultsError
 
 # Version of the on-disk results layout; bumped on incompatible change.
@@ -28,16 +29,26 @@ RESULTS_FORMAT = 1
 SPEC, HISTORY, RESULT, CHECKPOINT = "spec.json", "history.jsonl", "result.json", "checkpoint.keras"
 EXPERIMENT, LOCK = "experiment.json", "run.lock"
 
-# A run's status. result.json says completed, diverged or failed; the others are read from the
-# run's folder: running (another process holds its lock), incomplete (started, then interrupted),
-# pending (never started), damaged (one of its files cannot be read: run_damage).
+# A run's status, derived in one place (Run.status). result.json says completed, diverged or failed;
+# the others are read from the run's folder: running (another process holds its lock), incomplete
+# (started, then interrupted), pending (planned, never started), damaged (one of its files cannot be
+# read: Run.damage).
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 RUNNING, INCOMPLETE, PENDING, DAMAGED = "running", "incomplete", "pending", "damaged"
 STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, INCOMPLETE, PENDING, DAMAGED)  # the order runs are listed in
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a failed run is retried by the next `bnexp run`
 RESULT_STATUSES = (*FINAL_STATUSES, FAILED)  # what result.json may say
 UNFINISHED = (RUNNING, INCOMPLETE)  # started, no result.json yet
-NOT_STARTED = "not started"  # the report's word for a planned run without a folder (PENDING)
+# What each status means, as `bnexp status` and the report say it.
+STATUS_TEXTS = {
+    COMPLETED: "trained to the end, or stopped early by early stopping",
+    DIVERGED: "loss NaN or infinite",
+    FAILED: "retried by the next bnexp run",
+    RUNNING: "another bnexp process holds its lock",
+    INCOMPLETE: "interrupted",
+    PENDING: "not started yet (no spec.json)",
+    DAMAGED: "a run file cannot be read",
+}
 
 
 class ExperimentRecord(TypedDict, total=False):
@@ -70,6 +81,18 @@ class SpecRecord(TypedDict, total=False):
     config: dict[str, Any]  # the RunConfig as JSON: data, model, train, seed
     data_sha256: str | None  # content of the csv/npz file the run reads; None for a built-in dataset
     builder_sha256: str | None  # content of the model.builder's source file; None for a built-in network
+    facts: RunFacts  # absent in runs from an older bnexp: Run.facts derives them from config
+
+
+class RunFacts(TypedDict):
+    """What the report needs to know of a run beyond its numbers, recorded in spec.json when it starts
+    (bnexp.sweep.RunSpec.record), so the report reads runs without the config schema or the data."""
+
+    norm: str  # the normalisation kind the network inserts: batch, batch_renorm, group, layer or none
+    norm_groups: int | None  # the group count of group normalisation, else None
+    precise_stats: int  # batches PreciseBN averages over: 0 when off or for a kind without moving statistics
+    builder: str | None  # model.builder; None for bnexp's own network
+    num_classes: int | None  # classes of a built-in dataset; None until the data is read (result.json has it)
 
 
 class HistoryRow(TypedDict, total=False):
@@ -90,7 +113,7 @@ class HistoryRow(TypedDict, total=False):
 
 
 class ResultRecord(TypedDict, total=False):
-    """result.json: written once, when the run ends."""
+    """result.json: written once, when the run ends. Readers take its fields from here (RESULT_FIELDS)."""
 
     status: str  # one of RESULT_STATUSES
     epochs_run: int
@@ -108,6 +131,9 @@ class ResultRecord(TypedDict, total=False):
     started_at: str
     finished_at: str
     environment: dict[str, Any]
+
+
+RESULT_FIELDS = tuple(ResultRecord.__annotations__)
 
 
 def run_dir(results_dir: Path, experiment: str, run_id: str) -> Path:
@@ -203,7 +229,7 @@ def write_spec(run_dir: Path, record: SpecRecord) -> None:
 
 
 def write_result(run_dir: Path, record: ResultRecord) -> None:
-    """Write the run's result.json, which ends the run (is_complete, run_status)."""
+    """Write the run's result.json, which ends the run (Run.status)."""
     write_json(run_dir / RESULT, record)
 
 
@@ -305,42 +331,169 @@ def read_history(path: Path) -> list[HistoryRow]:
     return rows
 
 
-def run_damage(run_dir: Path) -> str | None:
-    """What makes a run's files unreadable, as `FILE: reason` (a truncated or garbled file, a
-    half-written line), or None when every one of them that exists reads."""
-    for name in (SPEC, RESULT):
+# Facts of runs whose spec.json predates `facts`, derived from their config as that bnexp did: the
+# built-in datasets' classes then, and the normalisation the older batch_norm switches chose.
+_OLDER_BUILTIN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+_MOVING_STATISTICS = ("batch", "batch_renorm")  # the kinds PreciseBN recomputes statistics for
+
+
+def _older_facts(config: dict) -> RunFacts:
+    """RunFacts from the config of a spec.json written before bnexp recorded them."""
+    def section(*keys: str) -> dict:
+        found = config
+        for key in keys:
+            found = found.get(key) if isinstance(found, dict) else None
+        return found if isinstance(found, dict) else {}
+
+    batch_norm, norm = section("model", "batch_norm"), section("model", "norm")
+    kind = norm.get("kind", "batch")
+    if not batch_norm.get("enabled", True):
+        kind = "none"
+    elif kind == "batch" and batch_norm.get("renorm", False):
+        kind = "batch_renorm"
+    precise = batch_norm.get("precise_stats", 0)
+    if kind not in _MOVING_STATISTICS or not isinstance(precise, int) or isinstance(precise, bool):
+        precise = 0
+    return RunFacts(norm=kind, norm_groups=norm.get("groups", 32) if kind == "group" else None,
+                    precise_stats=precise, builder=section("model").get("builder"),
+                    num_classes=_OLDER_BUILTIN_CLASSES.get(str(section("data").get("dataset", ""))))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder (open_run) and the run's one `status`, derived here and nowhere else. Its files
+    are read on first use, each once: spec and result when it is opened, history.jsonl when `history`,
+    `damage` or `status` first needs it (deciding whether to train a run needs only its result)."""
+
+    path: Path
+
+    @functools.cached_property
+    def _records(self) -> tuple[SpecRecord | None, ResultRecord | None, str | None]:
+        """spec.json and result.json as far as they read, and `FILE: reason` for the first that does not."""
+        spec = result = damage = None
         try:
-            read_object(run_dir / name)
+            spec = read_spec(self.path)
         except FileNotFoundError:
-            continue
-        except OSError as error:
-            return f"{name}: {error.strerror or error}"
-        except ValueError as error:
-            return f"{name}: {error}"
-    try:
-        read_history(run_dir / HISTORY)
-    except OSError as error:
-        return f"{HISTORY}: {error.strerror or error}"
-    except ValueError as error:
-        return f"{HISTORY}: {error}"
-    return None
+            pass
+        except (OSError, ValueError) as error:
+            damage = f"{SPEC}: {_reason(error)}"
+        try:
+            result = read_result(self.path)
+        except (OSError, ValueError) as error:
+            damage = damage or f"{RESULT}: {_reason(error)}"
+        return spec, result, damage
+
+    @functools.cached_property
+    def _history(self) -> tuple[tuple[HistoryRow, ...], str | None]:
+        try:
+            return tuple(read_history(self.path / HISTORY)), None
+        except (OSError, ValueError) as error:
+            return (), f"{HISTORY}: {_reason(error)}"
+
+    @property
+    def spec(self) -> SpecRecord | None:
+        """spec.json; None when there is none (never started) or it is damaged."""
+        return self._records[0]
+
+    @property
+    def result(self) -> ResultRecord | None:
+        """result.json; None while there is none (not finished) or it is damaged."""
+        return self._records[1]
+
+    @property
+    def history(self) -> tuple[HistoryRow, ...]:
+        """history.jsonl's epochs; () when there is none yet or it is damaged."""
+        return self._history[0]
+
+    @property
+    def damage(self) -> str | None:
+        """`FILE: reason` for the first of spec.json, result.json and history.jsonl that cannot be read."""
+        return self._records[2] or self._history[1]
+
+    @property
+    def history_damaged(self) -> bool:
+        """The damage is history.jsonl's alone: spec and result read."""
+        return self._records[2] is None and self._history[1] is not None
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @functools.cached_property
+    def status(self) -> str:
+        """damaged (see damage); completed or diverged (from result.json); running (another process
+        holds its lock); failed (from result.json); incomplete (started, then interrupted); or pending."""
+        return DAMAGED if self.damage else self.recorded_status
+
+    @functools.cached_property
+    def recorded_status(self) -> str:
+        """The status the readable files give, a damaged history.jsonl set aside: the report still
+        tables such a run, without its curves. Equals `status` for every run without damage."""
+        if self._records[2]:
+            return DAMAGED
+        recorded = self.result["status"] if self.result else None
+        if recorded in FINAL_STATUSES:
+            return recorded
+        if is_locked(self.path):
+            return RUNNING
+        return recorded or (INCOMPLETE if self.spec is not None else PENDING)
+
+    @property
+    def is_complete(self) -> bool:
+        """Its result.json reads and says completed or diverged: `bnexp run` does not train it again."""
+        return self.result is not None and self.result["status"] in FINAL_STATUSES
+
+    @property
+    def facts(self) -> RunFacts | None:
+        """What spec.json recorded for the report (derived from its config for an older spec); None without a spec."""
+        if self.spec is None:
+            return None
+        recorded = self.spec.get("facts")
+        if isinstance(recorded, dict):
+            return recorded
+        return _older_facts(self.spec.get("config") if isinstance(self.spec.get("config"), dict) else {})
+
+    @property
+    def epochs_planned(self) -> int | str:
+        """train.epochs of its config; '?' where the spec does not say."""
+        config = (self.spec or {}).get("config")
+        train = config.get("train") if isinstance(config, dict) else None
+        return train.get("epochs", "?") if isinstance(train, dict) else "?"
+
+    @property
+    def detail(self) -> str:
+        """The run's outcome, or what happens to it next, in one line (`bnexp status`)."""
+        result = self.result or {}
+        if self.status == DAMAGED:
+            return self.damage or ""
+        if self.status == COMPLETED:
+            error = result.get("test_error")
+            return f"test error {error if isinstance(error, (int, float)) else float('nan'):.4f}"
+        if self.status == DIVERGED:
+            steps = result.get("diverged_steps")
+            between = f" (steps {steps[0]}-{steps[1]})" if isinstance(steps, list) and len(steps) == 2 else ""
+            return f"{STATUS_TEXTS[DIVERGED]} in epoch {result.get('diverged_epoch')}{between}"
+        if self.status == FAILED:
+            return f"{result.get('error')} ({STATUS_TEXTS[FAILED]})"
+        if self.status == RUNNING:
+            return STATUS_TEXTS[RUNNING]
+        if self.status == INCOMPLETE:
+            resumes = ("resumes from its last checkpoint" if (self.path / CHECKPOINT).exists()
+                       else "restarts from epoch 1")
+            return f"{STATUS_TEXTS[INCOMPLETE]}; {resumes}"
+        return ""
 
 
-def run_status(run_dir: Path) -> str:
-    """completed or diverged (from result.json); running (another process holds its lock); failed
-    (from result.json); incomplete (started, then interrupted); or pending (never started)."""
-    result = read_json(run_dir / RESULT)
-    status = result.get("status") if isinstance(result, dict) else None
-    if status in FINAL_STATUSES:
-        return status
-    if is_locked(run_dir):
-        return RUNNING
-    return status or (INCOMPLETE if (run_dir / SPEC).exists() else PENDING)
+def open_run(run_dir: Path) -> Run:
+    """The run in `run_dir`, its spec.json and result.json read. A file that cannot be read makes it
+    damaged (Run.damage names the file and why); ResultsError when its spec.json is in another results format."""
+    run = Run(Path(run_dir))
+    run.spec  # read now: a folder in another format is refused here, not whenever a status is asked
+    return run
 
 
-def is_complete(run_dir: Path) -> bool:
-    result = read_json(run_dir / RESULT)
-    return isinstance(result, dict) and result.get("status") in FINAL_STATUSES
+def _reason(error: Exception) -> str:
+    return str(error.strerror or error) if isinstance(error, OSError) else str(error)
 
 
 @contextlib.contextmanager
@@ -410,6 +563,9 @@ def experiment_dirs(results_dir: Path, target: str | None = None) -> list[Path]:
                 return inner
             raise ResultsError(f"{candidate}: neither an experiment folder (experiment.json, or run folders with "
                                "spec.json) nor a results folder holding one")
+        # Imported here: bnexp.config.messages brings pydantic, which `bnexp status` and the report never need.
+        from bnexp.config.messages import did_you_mean
+
         names = [folder.name for folder in _experiments_in(results_dir)]
         raise ResultsError(f"{results_dir}: no experiment {target!r}; found: {', '.join(names) or 'none'}"
                            + did_you_mean(target, names))

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from bnexp.builders import Builder, check, locate
 from bnexp.config.schema import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
 from bnexp.errors import ConfigError, DataError
-from bnexp.store import SpecRecord
+from bnexp.store import RunFacts, SpecRecord
 
 # Ends a run id whose data file could not be read: `bnexp plan` lists such runs, `bnexp run` refuses them.
 UNKNOWN_DATA = "?"
@@ -39,6 +39,18 @@ class RunSpec:
     data_error: str | None = None  # why the file, and so the run id, is unknown (the id ends in UNKNOWN_DATA)
     builder: Builder | None = None  # where model.builder lives; its file's content is part of the run id
 
+    def facts(self) -> RunFacts:
+        """What the report needs to know of this run (store.RunFacts), from its typed config."""
+        from bnexp.data.datasets import builtin_num_classes
+
+        model = self.config.model
+        kind = model.norm_kind
+        # PreciseBN recomputes moving statistics, which only BN has (bnexp.callbacks.PreciseBatchNorm).
+        precise = model.batch_norm.precise_stats if kind in ("batch", "batch_renorm") else 0
+        return RunFacts(norm=kind, norm_groups=model.norm.groups if kind == "group" else None,
+                        precise_stats=precise, builder=model.builder,
+                        num_classes=builtin_num_classes(self.config.data.dataset))
+
     def record(self) -> SpecRecord:
         """What spec.json holds (store.write_spec writes it)."""
         record = SpecRecord(
@@ -51,6 +63,7 @@ class RunSpec:
             point=self.point,
             config=self.config.model_dump(mode="json"),
             data_sha256=self.data_sha256,
+            facts=self.facts(),
         )
         if self.builder:
             record["builder_sha256"] = self.builder.sha256

@@ -256,8 +256,8 @@ def test_a_run_locked_by_another_process_is_skipped_and_shown_running(write_conf
     context = RunContext(results, None)
     with run_lock(context.run_dir(spec)):  # a second FileLock on the same file conflicts, as another process's would
         assert train_one(spec, context) == {"status": "running"}
-        assert bnexp.store.run_status(context.run_dir(spec)) == "running"
-    assert bnexp.store.run_status(context.run_dir(spec)) == "pending"
+        assert bnexp.store.open_run(context.run_dir(spec)).status == "running"
+    assert bnexp.store.open_run(context.run_dir(spec)).status == "pending"
     assert not (context.run_dir(spec) / "spec.json").exists()
 
 

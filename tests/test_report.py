@@ -313,12 +313,12 @@ def test_partial_results_are_listed_not_dropped(tmp_path):
     missing = pd.read_csv(dirs / "tables" / "missing.csv")
     assert dict(zip(missing.run_id, missing.status)) == {
         "no_bn-s1-learning_rate0.01": "failed", "bn-s1-learning_rate0.01": "incomplete",
-        "bn-s2-learning_rate0.01": "damaged", "no_bn-s3-lr0.01": "not started"}
+        "bn-s2-learning_rate0.01": "damaged", "no_bn-s3-lr0.01": "pending"}
     assert "ResourceExhaustedError: OOM" in set(missing.detail)
     page = (dirs / "index.html").read_text()
     assert "no_bn-s2-learning_rate0.01/history.jsonl damaged (line 2:" in page
-    assert "2 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 damaged, 1 not started)" not in page
-    assert "3 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 damaged, 1 not started)" in page
+    assert "2 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 damaged, 1 pending)" not in page
+    assert "3 of 7 finished (3 completed, 1 failed, 1 incomplete, 1 damaged, 1 pending)" in page
     errors = pd.read_csv(dirs / "tables" / "test_error.csv")
     assert list(errors[["completed", "failed", "incomplete"]].sum()) == [3, 1, 1]
     assert path.joinpath("report").is_dir()

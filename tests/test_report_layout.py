@@ -14,7 +14,7 @@ from bnexp import report
 from bnexp.store import RESULTS_FORMAT
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS
-from bnexp.status import sweep_status
+from bnexp.status import experiments_status
 from test_report import ExperimentWriter, completed, epochs
 
 
@@ -54,7 +54,7 @@ def test_report_and_status_refuse_an_experiment_in_another_format_alike(tmp_path
     expected = (f"{path / 'experiment.json'}: written in results format {found} (bnexp 0.0.1); this bnexp 0.1.0 "
                 f"reads format {RESULTS_FORMAT}; use another --results folder or that bnexp version "
                 "(nothing was changed)")
-    for command in (lambda: report.write_reports(tmp_path, "old"), lambda: sweep_status(tmp_path, "old")):
+    for command in (lambda: report.write_reports(tmp_path, "old"), lambda: experiments_status(tmp_path, "old")):
         with pytest.raises(ResultsError) as error:
             command()
         assert str(error.value) == expected
@@ -68,7 +68,7 @@ def test_a_run_in_another_format_stops_the_report_as_it_stops_status(tmp_path):
     path = writer.plan()
     spec = store.read_object(path / newer / "spec.json")
     store.write_json(path / newer / "spec.json", {**spec, "format": RESULTS_FORMAT + 1})
-    for command in (lambda: report.write_reports(tmp_path, "mixed"), lambda: sweep_status(tmp_path, "mixed")):
+    for command in (lambda: report.write_reports(tmp_path, "mixed"), lambda: experiments_status(tmp_path, "mixed")):
         with pytest.raises(ResultsError, match=f"^{path / newer / 'spec.json'}: written in results format "
                                                f"{RESULTS_FORMAT + 1} "):
             command()

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnexp.config.schema import norm_kind
-from bnexp.data.datasets import builtin_num_classes
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
-from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, HISTORY, INCOMPLETE, NOT_STARTED, RESULT, RUNNING, SPEC,
-                         is_locked, read_experiment, read_history, read_result, read_spec)
+from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, PENDING, RESULT_FIELDS, SPEC, STATUS_TEXTS, RunFacts,
+                         open_run, read_experiment)
 
 # A completed run is "stuck at chance" when its final accuracy is at most chance plus this
 # margin: 5 points, or half the chance rate when that is smaller (many classes).
@@ -96,40 +94,12 @@ def sort_key(value) -> tuple:
     return (1, 0.0, str(value))
 
 
-def _num_classes(config: dict) -> int | None:
-    """Number of classes of a built-in dataset named in the run's config, for runs whose
-    result.json (which records `num_classes`) is not written yet."""
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    return builtin_num_classes(str(data.get("dataset", "")))
-
-
-def _model_section(config: dict, *keys: str) -> dict:
-    """A section of the run config's model (model itself without keys); {} where a damaged spec lacks it."""
-    section = config.get("model")
-    for key in keys:
-        section = section.get(key) if isinstance(section, dict) else None
-    return section if isinstance(section, dict) else {}
-
-
-def _kind(config: dict) -> str:
-    """The arm's normalisation kind (bnexp.config.norm_kind) from the run's config as JSON."""
-    batch_norm, norm = _model_section(config, "batch_norm"), _model_section(config, "norm")
-    return norm_kind(batch_norm.get("enabled", True), batch_norm.get("renorm", False), norm.get("kind", "batch"))
-
-
-def _norm(config: dict) -> str:
-    """The arm's normalisation kind, with the group count for group."""
-    kind = _kind(config)
-    return f"group ({_model_section(config, 'norm').get('groups', 32)} groups)" if kind == "group" else kind
-
-
-def _precise_stats(config: dict) -> int:
-    """model.batch_norm.precise_stats of the run's config: 0 when absent (off, or an older bnexp) and
-    for a run whose normalisation is not BN (none, group, layer), which has no statistics to recompute."""
-    value = _model_section(config, "batch_norm").get("precise_stats", 0)
-    if _kind(config) not in ("batch", "batch_renorm") or not isinstance(value, int) or isinstance(value, bool):
-        return 0
-    return value
+def _fact_columns(facts: RunFacts) -> dict:
+    """The columns a run's recorded facts (store.RunFacts) contribute to the runs table."""
+    norm = facts.get("norm", "batch")
+    return {"num_classes": facts.get("num_classes"),
+            "norm": f"group ({facts.get('norm_groups')} groups)" if norm == "group" else norm,
+            "builder": facts.get("builder"), "precise_stats": facts.get("precise_stats", 0)}
 
 
 def chance_threshold(num_classes: float) -> float:
@@ -138,11 +108,16 @@ def chance_threshold(num_classes: float) -> float:
     return chance + min(CHANCE_MARGIN, chance / 2)
 
 
+# result.json's numeric fields, as numbers (NaN for null) in the runs table.
+NUMERIC_RESULT_FIELDS = [name for name in RESULT_FIELDS
+                         if name not in ("status", "error", "diverged_steps", "num_classes", "started_at",
+                                         "finished_at", "environment", "resumed_from_epoch")]
+
+
 def _result_fields(result: dict) -> dict:
     """The columns a run's result.json contributes to the runs table."""
     fields = {"status": result["status"], "error": result.get("error")}
-    for name in ("epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
-                 "trainable_params", "non_trainable_params", "wall_seconds"):
+    for name in NUMERIC_RESULT_FIELDS:
         fields[name] = _number(result.get(name))
     steps = result.get("diverged_steps")  # as "410–420": the last finite step and the first NaN/inf one
     fields["diverged_steps"] = "–".join(str(int(v)) for v in steps) \
@@ -188,47 +163,35 @@ def load_experiment(path: Path) -> Experiment:
 
     records, history_rows, step_rows, eval_rows, missing = [], [], [], [], []
     point_keys: list[str] = []
-    for run_dir in run_dirs:
-        try:
-            spec = read_spec(run_dir)
-        except (OSError, ValueError) as error:
-            missing.append({"run_id": run_dir.name, "status": DAMAGED, "detail": f"{SPEC}: {error}"})
+    for run in map(open_run, run_dirs):
+        if run.recorded_status == DAMAGED:  # its spec or result cannot be read; a damaged history is a warning
+            identity = {"arm": run.spec["arm"], "seed": run.spec["seed"]} if run.spec is not None else {}
+            missing.append({"run_id": run.id, **identity, "status": DAMAGED, "detail": run.damage})
             continue
+        spec = run.spec
         point = spec.get("point") or {}
         point_keys.extend(k for k in point if k not in point_keys)
         meta.setdefault("arms", spec.get("arms"))
         meta.setdefault("reference_arm", spec.get("reference_arm"))
-        config = spec.get("config") if isinstance(spec.get("config"), dict) else {}
-        try:
-            result = read_result(run_dir)
-        except (OSError, ValueError) as error:
-            missing.append({"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
-                            "status": DAMAGED, "detail": f"{RESULT}: {error}"})
-            continue
-        record = {"run_id": run_dir.name, "arm": spec["arm"], "seed": spec["seed"],
+        record = {"run_id": run.id, "arm": spec["arm"], "seed": spec["seed"],
                   **{f"point:{k}": _point_value(v) for k, v in point.items()},
-                  "status": RUNNING if result is None and is_locked(run_dir) else INCOMPLETE,
-                  "error": None, "num_classes": _num_classes(config), "norm": _norm(config),
-                  "builder": _model_section(config).get("builder"), "precise_stats": _precise_stats(config)}
-        if result is not None:
-            record.update(_result_fields(result))
+                  "status": run.recorded_status, "error": None, **_fact_columns(run.facts)}
+        if run.result is not None:
+            record.update(_result_fields(run.result))
         records.append(record)
-        try:
-            epochs = read_history(run_dir / HISTORY)
-        except (OSError, ValueError) as error:
-            warnings.append(f"{run_dir.name}/{HISTORY} damaged ({error}): "
-                            "its curves and steps-to-target are left out")
-            epochs = []
-        for row in epochs:
-            history_rows.append({"run_id": run_dir.name, "epoch": row["epoch"], "step": _number(row.get("step")),
+        if run.history_damaged:
+            file, _, reason = run.damage.partition(": ")
+            warnings.append(f"{run.id}/{file} damaged ({reason}): its curves and steps-to-target are left out")
+        for row in run.history:
+            history_rows.append({"run_id": run.id, "epoch": row["epoch"], "step": _number(row.get("step")),
                                  **{m: _number(row.get(m)) for m in EPOCH_METRICS if m in row}})
-            step_rows.extend((run_dir.name, _number(pair[0]), _number(pair[1]))
+            step_rows.extend((run.id, _number(pair[0]), _number(pair[1]))
                              for pair in _list(row.get("step_losses")) if isinstance(pair, list) and len(pair) == 2)
-            eval_rows.extend((run_dir.name, *map(_number, triple)) for triple in _list(row.get("step_evals"))
+            eval_rows.extend((run.id, *map(_number, triple)) for triple in _list(row.get("step_evals"))
                              if isinstance(triple, list) and len(triple) == 3)
     if planned is not None:
         started = {p.name for p in run_dirs}
-        missing += [{"run_id": run_id, "status": NOT_STARTED, "detail": "no spec.json yet"}
+        missing += [{"run_id": run_id, "status": PENDING, "detail": STATUS_TEXTS[PENDING]}
                     for run_id in planned if run_id not in started]
 
     keys = [k for k in (meta.get("sweep_keys") or []) if isinstance(k, str)]
@@ -256,9 +219,7 @@ def load_experiment(path: Path) -> Experiment:
 
 def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.DataFrame:
     """Name the sweep-key columns, number the sweep points in sweep order, order the arms."""
-    columns = ["epochs_run", "diverged_epoch", "test_loss", "test_accuracy", "test_error",
-               "trainable_params", "non_trainable_params", "wall_seconds", "diverged_steps", "keras", "backend",
-               "device"]
+    columns = [*NUMERIC_RESULT_FIELDS, "diverged_steps", "keras", "backend", "device"]
     if runs.empty:
         return pd.DataFrame(columns=["run_id", "arm", "seed", *keys, "status", "point_id", "arm_order"])
     runs = runs.reindex(columns=[*runs.columns, *(c for c in columns if c not in runs)])

@@ -279,7 +279,7 @@ def _missing_section(exp: Experiment) -> Section:
     raw = tables.missing_table(exp.runs, exp.missing, exp.sweep_keys)
     section = Section("missing", "Missing and incomplete runs",
                       "Runs of the plan that are not in the tables above: failed, still running or "
-                      "interrupted, not started, or damaged (a run file that cannot be read). `bnexp run` "
+                      "interrupted, pending (not started), or damaged (a run file that cannot be read). `bnexp run` "
                       "retries the failed and resumes the interrupted.")
     if raw.empty:
         section.explanation = f"All {exp.planned} planned runs finished; none is missing."

@@ -20,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 from bnexp.report.cells import point_label
 from bnexp.report.load import Experiment, final_values, is_number
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
-from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RUNNING, UNFINISHED
+from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, INCOMPLETE, RUNNING, STATUS_TEXTS, UNFINISHED
 
 CONFIDENCE = 0.95
 LEARNING_RATE_KEY = "train.learning_rate"
@@ -423,8 +423,8 @@ def _unfinished_detail(run) -> str:
     if run.status == FAILED:
         return run.error if isinstance(run.error, str) else ""
     if run.status == RUNNING:
-        return "another bnexp process holds its lock: still training"
-    return "spec.json but no result.json: interrupted; the next `bnexp run` resumes it"
+        return f"{STATUS_TEXTS[RUNNING]}: still training"
+    return f"spec.json but no result.json: {STATUS_TEXTS[INCOMPLETE]}; the next `bnexp run` resumes it"
 
 
 def missing_table(runs: pd.DataFrame, missing: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
