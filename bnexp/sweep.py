@@ -8,7 +8,6 @@ name (see bnexp.data.fingerprint), so their ids do not depend on where the files
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +57,10 @@ class RunSpec:
 
 
 def load_runs(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
-              data_dir: Path | None = None) -> tuple[ExperimentConfig, list[RunSpec]]:
-    """The experiment in `config_file` with `--set` `overrides` and `--sweep` axes, and its runs, each
-    training a configuration of its own (ConfigError otherwise)."""
-    experiment = load_config(config_file, list(overrides), list(sweeps))
+              data_dir: Path | None = None, *, deterministic: bool = False) -> tuple[ExperimentConfig, list[RunSpec]]:
+    """The experiment in `config_file` with `--set` `overrides`, `--sweep` axes and the --deterministic option,
+    and its runs, each training a configuration of its own (ConfigError otherwise)."""
+    experiment = load_config(config_file, overrides, sweeps, deterministic=deterministic)
     runs = expand_runs(experiment, str(config_file), data_dir)
     check_distinct_runs(runs, str(config_file))
     return experiment, runs
@@ -75,36 +74,30 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
     """
     from bnexp.data.datasets import fingerprint
 
-    keys = list(experiment.sweep)
     runs = []
     builders: dict[str, Builder] = {}  # model.builder -> located, imported and its signature checked
     checked_args: set[tuple[str, str]] = set()
     fingerprints: dict[DataConfig, tuple[str | None, str | None]] = {}  # data section -> (sha256, error)
-    for values in itertools.product(*(experiment.sweep[k] for k in keys)):
-        point = dict(zip(keys, values))
-        where = ", ".join(f"{k}={v}" for k, v in point.items())
-        for seed in experiment.seeds:
-            for arm, changes in experiment.arms.items():
-                overrides = {k: (v, f"{source}: sweep point {where}") for k, v in point.items()}
-                overrides |= {k: (v, f"{source}: arms.{arm}") for k, v in changes.items()}
-                config = experiment.run_config(overrides, seed, source)
-                if config.data not in fingerprints:
-                    try:
-                        fingerprints[config.data] = fingerprint(config.data, data_dir), None
-                    except DataError as exc:
-                        fingerprints[config.data] = None, str(exc)
-                sha256, error = fingerprints[config.data]
-                builder = None
-                if config.model.builder:
-                    builder = builders.get(config.model.builder) or locate(config.model.builder, Path(source))
-                    builders[config.model.builder] = builder
-                    args = (config.model.builder, json.dumps(config.model.args, sort_keys=True, default=str))
-                    if args not in checked_args:
-                        check(builder, config.model, source)
-                        checked_args.add(args)
-                identity = run_id(arm, config, sha256, builder.sha256 if builder else None)
-                runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
-                                    point, config, identity + (UNKNOWN_DATA if error else ""), sha256, error, builder))
+    for resolved in experiment.resolved_runs(source):
+        config, arm, seed = resolved.config, resolved.arm, resolved.seed
+        if config.data not in fingerprints:
+            try:
+                fingerprints[config.data] = fingerprint(config.data, data_dir), None
+            except DataError as exc:
+                fingerprints[config.data] = None, str(exc)
+        sha256, error = fingerprints[config.data]
+        builder = None
+        if config.model.builder:
+            builder = builders.get(config.model.builder) or locate(config.model.builder, Path(source))
+            builders[config.model.builder] = builder
+            args = (config.model.builder, json.dumps(config.model.args, sort_keys=True, default=str))
+            if args not in checked_args:
+                check(builder, config.model, source)
+                checked_args.add(args)
+        identity = run_id(arm, config, sha256, builder.sha256 if builder else None)
+        runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
+                            dict(resolved.point), config, identity + (UNKNOWN_DATA if error else ""), sha256, error,
+                            builder))
     return runs
 
 

@@ -6,6 +6,8 @@ before validation.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -112,3 +114,22 @@ def related(a: str, b: str) -> bool:
 def short_key(key: str) -> str:
     """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
     return key.rsplit(".", 1)[-1]
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every mapping read-only (types.MappingProxyType) and every list a tuple, all the way
+    down: what a loaded experiment holds, so that no part of it can change after validation."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A frozen value (freeze) as the plain dicts and lists YAML gives: what set_dotted and validation work on."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(item) for item in value]
+    return value
