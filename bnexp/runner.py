@@ -15,7 +15,7 @@ from bnexp import store
 from bnexp.config.schema import ExperimentConfig
 from bnexp.executors import (NOT_TRAINED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
-from bnexp.config.keypaths import short_key
+from bnexp.config.keypaths import point_label
 from bnexp.metrics import EPOCH_METRICS
 from bnexp.checks import check_data, check_same_experiment
 from bnexp.sweep import RunSpec, load_runs
@@ -170,4 +170,4 @@ def _metrics(record: dict) -> str:
 
 
 def _point(spec: RunSpec) -> str:
-    return " ".join(f"{short_key(k)}={v}" for k, v in spec.point.items())
+    return point_label(spec.point, " ", short=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bnexp.builders import Builder, check, locate
+from bnexp.config.keypaths import point_label
 from bnexp.config.schema import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
 from bnexp.errors import ConfigError, DataError
 from bnexp.store import SpecRecord
@@ -157,4 +158,4 @@ def check_distinct_runs(runs: list[RunSpec], source: str) -> None:
 
 
 def _describe(spec: RunSpec) -> str:
-    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *(f"{k}={v}" for k, v in spec.point.items())])
+    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *([point_label(spec.point, " ")] if spec.point else [])])

@@ -89,3 +89,16 @@ def test_expanding_reuses_the_runs_load_config_validated(tmp_path, monkeypatch):
     original = schema.validate
     monkeypatch.setattr(schema, "validate", lambda cls, *a, **k: validated.append(cls) or original(cls, *a, **k))
     assert len(expand_runs(experiment, str(path))) == 36 and validated == []
+
+
+def test_a_loaded_config_copies_pickles_and_serialises_as_written(experiment):
+    import copy
+    import pickle
+
+    for copied in (copy.deepcopy(experiment), pickle.loads(pickle.dumps(experiment))):
+        assert copied == experiment and copied.overrides == experiment.overrides
+        with pytest.raises(TypeError):
+            copied.data["dataset"] = "cifar10"
+    dumped = experiment.model_dump(mode="json")
+    assert (dumped["seeds"], dumped["model"], dumped["sweep"]) == (
+        [0, 1], {"dense": [8, 4]}, {"train.learning_rate": [0.01, 0.1, 1.0]})

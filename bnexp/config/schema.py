@@ -13,7 +13,6 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
@@ -22,15 +21,18 @@ from pydantic import (
 )
 
 from bnexp.errors import ConfigError
-from bnexp.config.keypaths import deep_merge, freeze, load_yaml, parse_override, set_dotted, thaw
+from bnexp.config.keypaths import (FrozenDict, deep_merge, freeze, load_yaml, parse_override, point_label, set_dotted,
+                                   thaw)
 from bnexp.metrics import EPOCH_METRICS, VAL_LOSS
+from bnexp.norms import DEFAULT_GROUPS, NORM_KINDS, norm_kind
+from bnexp.optimizers import OPTIMIZER_NAMES
 from bnexp.config.presets import PRESETS
 from bnexp.config.messages import did_you_mean, format_value, validate
 
-DEFAULT_ARMS = {
+DEFAULT_ARMS = freeze({
     "no_bn": {"model.batch_norm.enabled": False},
     "bn": {"model.batch_norm.enabled": True},
-}
+})
 
 # The sections an arm may change. The arms of a pair must see the same data (so not data.*) and
 # share the run seed (so not seed): otherwise a paired difference measures the data or the seed.
@@ -143,14 +145,9 @@ class BatchNormConfig(Strict):
     precise_stats: int = Field(0, ge=0)
 
 
-NORM_KINDS = ("batch", "batch_renorm", "group", "layer", "none")
-
-
 class NormConfig(Strict):
-    # layer is GroupNormalization with one group, as Wu & He define it: each sample normalised over all
-    # its features (height, width and channels), a scale and shift per channel.
-    kind: Literal[NORM_KINDS] = "batch"
-    groups: PositiveInt = 32  # group only; Wu & He's default. It must divide every normalised layer's channels
+    kind: Literal[NORM_KINDS] = "batch"  # bnexp.norms.NORMS says what each makes
+    groups: PositiveInt = DEFAULT_GROUPS  # group only. It must divide every normalised layer's channels
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -163,14 +160,6 @@ class NormConfig(Strict):
 class DropoutConfig(Strict):
     rate: float = Field(0.0, ge=0, lt=1)
     placement: Literal["before_pooling", "after_pooling", "after_dense"] = "after_pooling"
-
-
-def norm_kind(enabled: bool, renorm: bool, kind: str) -> str:
-    """The normalisation a model inserts: model.norm.kind, or what the older batch_norm switches (enabled,
-    renorm) say while the kind is left at batch."""
-    if not enabled:
-        return "none"
-    return "batch_renorm" if kind == "batch" and renorm else kind
 
 
 BUILDER_ARGUMENTS = ("input_shape", "num_classes", "norm")  # what bnexp passes every model.builder
@@ -284,7 +273,7 @@ class EarlyStoppingConfig(Strict):
 
 
 class TrainConfig(Strict):
-    optimizer: Literal["adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad"] = "adam"
+    optimizer: Literal[OPTIMIZER_NAMES] = "adam"  # bnexp.optimizers.OPTIMIZERS says what each makes
     learning_rate: float = Field(0.001, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd and rmsprop
     nesterov: bool = False  # sgd
@@ -327,7 +316,8 @@ class RunConfig(Strict):
 
 
 # A section of the experiment as written (YAML, then --set and --sweep), read-only all the way down
-# (keypaths.freeze): it is checked per run, as part of a RunConfig, and must not change after loading.
+# (keypaths.freeze: FrozenDicts and tuples): it is checked per run, as part of a RunConfig, and must not
+# change after loading.
 Frozen = Annotated[Mapping[str, Any], AfterValidator(freeze)]
 
 # --set and option overrides of data/model/train keys: {key: (value, where it came from)}.
@@ -352,13 +342,13 @@ class ExperimentConfig(Strict):
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
     arms: Annotated[Mapping[str, Mapping[str, Any]], AfterValidator(freeze)] = DEFAULT_ARMS
     reference: str | None = None  # the arm others are compared with; None = the first arm (reference_arm)
-    sweep: Annotated[Mapping[str, list[Any]], AfterValidator(freeze)] = {}
+    sweep: Annotated[Mapping[str, tuple[Any, ...]], AfterValidator(freeze)] = {}
     data: Frozen
     model: Frozen = {}
     train: Frozen = {}
     # The overrides, given to validation as its context (load_config). They are applied per run, after the
     # preset is expanded, so they can reach into a preset's lists.
-    _overrides: Overrides = PrivateAttr(default_factory=lambda: MappingProxyType({}))
+    _overrides: Overrides = PrivateAttr(default_factory=FrozenDict)
     _runs: dict[str, tuple[ResolvedRun, ...]] = PrivateAttr(default_factory=dict)  # source -> runs (resolved_runs)
 
     @field_validator("seeds")
@@ -435,7 +425,7 @@ class ExperimentConfig(Strict):
             runs = []
             for values in itertools.product(*(self.sweep[k] for k in keys)):
                 point = {key: thaw(value) for key, value in zip(keys, values)}
-                where = ", ".join(f"{k}={v}" for k, v in point.items())
+                where = point_label(point)
                 for seed in self.seeds:
                     for arm, changes in self.arms.items():
                         overrides = {k: (v, f"{source}: sweep point {where}") for k, v in point.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnexp.config.schema import norm_kind
+from bnexp.norms import norm_kind
 from bnexp.data.datasets import builtin_num_classes
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
