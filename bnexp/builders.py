@@ -31,6 +31,7 @@ import numpy as np
 
 from bnexp.config.schema import BUILDER_ARGUMENTS, ModelConfig
 from bnexp.errors import BnexpError, ConfigError, one_line
+from bnexp.norms import NORMS
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,14 @@ class Norm:
 
     def __init__(self, model: ModelConfig, make_layer: Callable):
         self.kind = model.norm_kind
-        self.use_bias = self.kind == "none" or model.batch_norm.use_bias
+        self.use_bias = not NORMS[self.kind].normalizes or model.batch_norm.use_bias
         self.calls = 0
         self.layers: list = []  # the normalisation layers made, in order
         self._make_layer = make_layer
 
     def __call__(self, x, name: str | None = None):
         self.calls += 1
-        if self.kind == "none":
+        if not NORMS[self.kind].normalizes:
             return x
         # Named by bnexp, never by Keras' counters, so that the builder's own layers are named alike in every arm.
         layer = self._make_layer(x, name or f"norm_{self.calls}")
@@ -168,7 +169,7 @@ def build(builder: Builder, model: ModelConfig, input_shape: tuple[int, ...], nu
     if not norm.calls:
         raise ConfigError(f"{where} never calls norm(x), so every arm would train the same network; call norm(x) "
                           "where the normalisation goes (it returns x unchanged for the arm without one)")
-    if norm.kind != "none" and not any(layer.built for layer in norm.layers):
+    if NORMS[norm.kind].normalizes and not any(layer.built for layer in norm.layers):
         raise ConfigError(f"{where} calls norm(x) but its model does not use what norm returned")
     network.bnexp_norm_layers = norm.layers
     return network

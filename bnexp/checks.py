@@ -5,7 +5,6 @@ model can take the data's shape and fits in memory."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +12,10 @@ from pathlib import Path
 from bnexp.builders import Builder
 from bnexp.config.schema import ExperimentConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
+from bnexp.machine import physical_memory
+from bnexp.optimizers import OPTIMIZERS
 from bnexp.store import read_experiment
 from bnexp.sweep import RunSpec
-
-# Slot variables Keras' optimizers keep per trainable weight: what training holds beyond the weights
-# and their gradients (rmsprop and sgd add a momentum slot only when momentum is set).
-_OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "nadam": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
 
 
 @dataclass
@@ -139,7 +136,7 @@ def _check_memory(train: TrainConfig, params: tuple[int, int], name: str, input_
     """Refuse a model whose float32 weights, gradients and optimizer slots alone exceed this machine's
     memory (a lower bound: the activations of a batch come on top)."""
     trainable, frozen = params
-    slots = _OPTIMIZER_SLOTS[train.optimizer] + (train.optimizer in ("sgd", "rmsprop") and train.momentum > 0)
+    slots = OPTIMIZERS[train.optimizer].slot_count(train.momentum)
     needed, available = 4 * (trainable * (2 + slots) + frozen), physical_memory()
     if available and needed > available:
         raise DataError(
@@ -150,12 +147,6 @@ def _check_memory(train: TrainConfig, params: tuple[int, int], name: str, input_
         )
 
 
-def physical_memory() -> int | None:
-    """This machine's memory in bytes; None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return None
 
 
 def model_key(spec: RunSpec) -> tuple:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError, ConfigError
+from bnexp.machine import keras_backend, physical_memory
 from bnexp.store import RUNNING, RunLocked, open_run, pack_run, run_dir, run_lock, unpack_run
 from bnexp.sweep import RunSpec
 
@@ -159,10 +160,7 @@ def default_workers(runs: int) -> int:
     """One single-threaded worker per CPU, no more than the runs: the small models of these
     experiments keep one core busy each far better than they share several. A worker holds its
     backend and a copy of the data, so at most one per 1.5 GiB of memory."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        memory = None
+    memory = physical_memory()
     by_memory = int(memory // (1.5 * 2**30)) if memory else runs
     return max(1, min(available_cpus(), runs, by_memory))
 
@@ -177,7 +175,7 @@ def set_backend_threads(threads: int) -> None:
         return
     _threads_set = True
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    backend = keras_backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -209,7 +207,7 @@ def _init_worker(threads: int, workers: int, epoch_queue) -> None:
     # Workers sharing a GPU must not each take most of its memory, as JAX and TensorFlow do by default.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / workers):.3f}")
     set_backend_threads(threads)
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    if keras_backend() == "tensorflow":
         import tensorflow as tf
 
         for gpu in tf.config.list_physical_devices("GPU"):

@@ -12,6 +12,7 @@ from bnexp import builders
 from bnexp.builders import Builder
 from bnexp.config.schema import InitializerConfig, ModelConfig
 from bnexp.errors import DataError, one_line
+from bnexp.norms import NORMS
 
 _INITIALIZERS = {
     "glorot_uniform": keras.initializers.GlorotUniform,
@@ -76,7 +77,7 @@ def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: i
 
 def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:
     bn, dropout, kind = config.batch_norm, config.dropout, config.norm_kind
-    normalized = kind != "none"
+    normalized = NORMS[kind].normalizes
 
     def transform(x, layer_cls, name, **kwargs):
         """layer -> [norm] -> activation -> [norm], the placement taken from the config."""
@@ -92,8 +93,8 @@ def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, 
 
     def normalize(x, name):
         """The arm's normalisation of `name`'s outputs, named after it (conv_0_bn, conv_0_gn, conv_0_ln)."""
-        suffix = {"batch": "bn", "batch_renorm": "bn", "group": "gn", "layer": "ln"}[kind]
-        return norm_layer(config, x, f"{name}_{suffix}", f"{name}'s outputs", input_shape, _channels(config))(x)
+        return norm_layer(config, x, f"{name}_{NORMS[kind].suffix}", f"{name}'s outputs", input_shape,
+                          _channels(config))(x)
 
     def drop(x, name):
         return layers.Dropout(dropout.rate, seed=layer_seed(seed, name), name=name)(x)
@@ -150,11 +151,8 @@ def norm_layer(config: ModelConfig, x, name: str, what: str, input_shape: tuple[
             f"model.batch_norm.axis: {bn.axis} is not a feature axis of {what} of shape "
             f"{tuple(x.shape[1:])} (data shape {input_shape}); allowed: 1 to {ndim - 1} or -1 to -{ndim - 1}"
         )
-    if kind in ("batch", "batch_renorm"):
-        return layers.BatchNormalization(axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon, center=bn.center,
-                                         scale=bn.scale, renorm=kind == "batch_renorm", name=name)
-    groups, count = (config.norm.groups if kind == "group" else 1), x.shape[bn.axis]
-    if count % groups:
+    groups, count = NORMS[kind].group_count(config.norm.groups), x.shape[bn.axis]
+    if groups and count % groups:
         every = [count] if channels is None or bn.axis != -1 else [*channels, count]
         allowed = [g for g in range(1, count + 1) if all(c % g == 0 for c in every)]
         some = "" if channels is not None and bn.axis == -1 else f" (of these {count}: {', '.join(map(str, allowed))})"
@@ -163,8 +161,7 @@ def norm_layer(config: ModelConfig, x, name: str, what: str, input_shape: tuple[
             f"model.norm.groups: {groups} does not divide the {count} channels of {what}; "
             f"allowed: a divisor of every normalised layer's channels{listed}{some}"
         )
-    return layers.GroupNormalization(groups=groups, axis=bn.axis, epsilon=bn.epsilon, center=bn.center,
-                                     scale=bn.scale, name=name)
+    return NORMS[kind].make(bn, groups, name)
 
 
 def _channels(config: ModelConfig) -> list[int]:

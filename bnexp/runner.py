@@ -15,7 +15,7 @@ from bnexp import store
 from bnexp.config.schema import ExperimentConfig
 from bnexp.executors import (Executor, NotTrained, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
-from bnexp.config.keypaths import short_key
+from bnexp.config.keypaths import point_label
 from bnexp.metrics import EPOCH_METRICS
 from bnexp.checks import check_data, check_same_experiment
 from bnexp.sweep import RunSpec, load_runs
@@ -39,8 +39,7 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
     executor = check_executor_options(executor, workers, address, cpus_per_run, gpus_per_run)
     if tensorboard:
         check_tensorboard()
-    deterministic_override = ["train.deterministic=true"] if deterministic else []
-    experiment, runs = load_runs(config_file, [*overrides, *deterministic_override], sweeps, data_dir)
+    experiment, runs = load_runs(config_file, overrides, sweeps, data_dir, deterministic=deterministic)
     check_same_experiment(experiment, runs, results_dir, config_file)
     todo = pending_runs(runs, results_dir)
     store.check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
@@ -67,7 +66,7 @@ def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_
         sweep_keys=list(experiment.sweep),
         arms=list(experiment.arms),
         reference_arm=experiment.reference_arm,
-        seeds=experiment.seeds,
+        seeds=list(experiment.seeds),
         run_ids=[spec.run_id for spec in runs],
     ))
 
@@ -172,4 +171,4 @@ def _metrics(record: dict) -> str:
 
 
 def _point(spec: RunSpec) -> str:
-    return " ".join(f"{short_key(k)}={v}" for k, v in spec.point.items())
+    return point_label(spec.point, " ", short=True)

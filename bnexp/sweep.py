@@ -8,15 +8,16 @@ name (see bnexp.data.fingerprint), so their ids do not depend on where the files
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from bnexp.builders import Builder, check, locate
+from bnexp.config.keypaths import point_label
 from bnexp.config.schema import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
 from bnexp.errors import ConfigError, DataError
+from bnexp.norms import DEFAULT_GROUPS, NORMS
 from bnexp.store import RunFacts, SpecRecord
 
 # Ends a run id whose data file could not be read: `bnexp plan` lists such runs, `bnexp run` refuses them.
@@ -46,8 +47,10 @@ class RunSpec:
         model = self.config.model
         kind = model.norm_kind
         # PreciseBN recomputes moving statistics, which only BN has (bnexp.callbacks.PreciseBatchNorm).
-        precise = model.batch_norm.precise_stats if kind in ("batch", "batch_renorm") else 0
-        return RunFacts(norm=kind, norm_groups=model.norm.groups if kind == "group" else None,
+        norm = NORMS[kind]
+        precise = model.batch_norm.precise_stats if norm.moving_statistics else 0
+        groups = norm.group_count(model.norm.groups)
+        return RunFacts(norm=kind, norm_groups=groups if norm.groups is None else None,
                         precise_stats=precise, builder=model.builder,
                         num_classes=builtin_num_classes(self.config.data.dataset))
 
@@ -71,10 +74,10 @@ class RunSpec:
 
 
 def load_runs(config_file: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
-              data_dir: Path | None = None) -> tuple[ExperimentConfig, list[RunSpec]]:
-    """The experiment in `config_file` with `--set` `overrides` and `--sweep` axes, and its runs, each
-    training a configuration of its own (ConfigError otherwise)."""
-    experiment = load_config(config_file, list(overrides), list(sweeps))
+              data_dir: Path | None = None, *, deterministic: bool = False) -> tuple[ExperimentConfig, list[RunSpec]]:
+    """The experiment in `config_file` with `--set` `overrides`, `--sweep` axes and the --deterministic option,
+    and its runs, each training a configuration of its own (ConfigError otherwise)."""
+    experiment = load_config(config_file, overrides, sweeps, deterministic=deterministic)
     runs = expand_runs(experiment, str(config_file), data_dir)
     check_distinct_runs(runs, str(config_file))
     return experiment, runs
@@ -88,36 +91,30 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
     """
     from bnexp.data.datasets import fingerprint
 
-    keys = list(experiment.sweep)
     runs = []
     builders: dict[str, Builder] = {}  # model.builder -> located, imported and its signature checked
     checked_args: set[tuple[str, str]] = set()
     fingerprints: dict[DataConfig, tuple[str | None, str | None]] = {}  # data section -> (sha256, error)
-    for values in itertools.product(*(experiment.sweep[k] for k in keys)):
-        point = dict(zip(keys, values))
-        where = ", ".join(f"{k}={v}" for k, v in point.items())
-        for seed in experiment.seeds:
-            for arm, changes in experiment.arms.items():
-                overrides = {k: (v, f"{source}: sweep point {where}") for k, v in point.items()}
-                overrides |= {k: (v, f"{source}: arms.{arm}") for k, v in changes.items()}
-                config = experiment.run_config(overrides, seed, source)
-                if config.data not in fingerprints:
-                    try:
-                        fingerprints[config.data] = fingerprint(config.data, data_dir), None
-                    except DataError as exc:
-                        fingerprints[config.data] = None, str(exc)
-                sha256, error = fingerprints[config.data]
-                builder = None
-                if config.model.builder:
-                    builder = builders.get(config.model.builder) or locate(config.model.builder, Path(source))
-                    builders[config.model.builder] = builder
-                    args = (config.model.builder, json.dumps(config.model.args, sort_keys=True, default=str))
-                    if args not in checked_args:
-                        check(builder, config.model, source)
-                        checked_args.add(args)
-                identity = run_id(arm, config, sha256, builder.sha256 if builder else None)
-                runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
-                                    point, config, identity + (UNKNOWN_DATA if error else ""), sha256, error, builder))
+    for resolved in experiment.resolved_runs(source):
+        config, arm, seed = resolved.config, resolved.arm, resolved.seed
+        if config.data not in fingerprints:
+            try:
+                fingerprints[config.data] = fingerprint(config.data, data_dir), None
+            except DataError as exc:
+                fingerprints[config.data] = None, str(exc)
+        sha256, error = fingerprints[config.data]
+        builder = None
+        if config.model.builder:
+            builder = builders.get(config.model.builder) or locate(config.model.builder, Path(source))
+            builders[config.model.builder] = builder
+            args = (config.model.builder, json.dumps(config.model.args, sort_keys=True, default=str))
+            if args not in checked_args:
+                check(builder, config.model, source)
+                checked_args.add(args)
+        identity = run_id(arm, config, sha256, builder.sha256 if builder else None)
+        runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
+                            dict(resolved.point), config, identity + (UNKNOWN_DATA if error else ""), sha256, error,
+                            builder))
     return runs
 
 
@@ -143,7 +140,7 @@ LATER_FIELDS: dict[str, object] = {
     "data.test_path": None,
     "data.image_size": None,
     "data.color_mode": "rgb",
-    "model.norm": {"kind": "batch", "groups": 32},
+    "model.norm": {"kind": "batch", "groups": DEFAULT_GROUPS},
     "model.head": "flatten",
     "model.batch_norm.precise_stats": 0,
     "train.eval_every_steps": 0,
@@ -177,4 +174,4 @@ def check_distinct_runs(runs: list[RunSpec], source: str) -> None:
 
 
 def _describe(spec: RunSpec) -> str:
-    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *(f"{k}={v}" for k, v in spec.point.items())])
+    return " ".join([f"arm {spec.arm}", f"seed {spec.seed}", *([point_label(spec.point, " ")] if spec.point else [])])

@@ -27,8 +27,10 @@ from bnexp.callbacks import (Checkpoint, Divergence, HistoryLog, PreciseBatchNor
 from bnexp.config.schema import RunConfig, TrainConfig
 from bnexp.data.datasets import load_dataset
 from bnexp.errors import ResultsError
+from bnexp.machine import keras_backend
 from bnexp.metrics import ACCURACY, LOSS
 from bnexp.models import build_model, count_params
+from bnexp.optimizers import OPTIMIZERS
 from bnexp.store import (CHECKPOINT, COMPLETED, DIVERGED, FAILED, HISTORY, HistoryRow, ResultRecord, read_spec,
                          write_result, write_spec)
 from bnexp.sweep import RunSpec
@@ -181,6 +183,7 @@ class EpochBatches(keras.utils.PyDataset):
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """The Keras optimizer of the train section, with its learning-rate schedule."""
     schedules = keras.optimizers.schedules
     learning_rate = {
         "constant": lambda: train.learning_rate,
@@ -190,20 +193,12 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
         "inverse_time": lambda: schedules.InverseTimeDecay(
             train.learning_rate, train.decay_steps, train.decay_rate, staircase=train.staircase),
     }[train.schedule]()
-    optimizers = keras.optimizers
-    return {
-        "adam": lambda: optimizers.Adam(learning_rate),
-        "adamw": lambda: optimizers.AdamW(learning_rate),
-        "nadam": lambda: optimizers.Nadam(learning_rate),
-        "adagrad": lambda: optimizers.Adagrad(learning_rate),
-        "rmsprop": lambda: optimizers.RMSprop(learning_rate, momentum=train.momentum),
-        "sgd": lambda: optimizers.SGD(learning_rate, momentum=train.momentum, nesterov=train.nesterov),
-    }[train.optimizer]()
+    return OPTIMIZERS[train.optimizer].make(learning_rate, train)
 
 
 def enable_determinism() -> None:
     """Bit-identical reruns: deterministic kernels where the backend offers a switch."""
-    if keras.backend.backend() == "tensorflow":
+    if keras_backend() == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -211,7 +206,7 @@ def enable_determinism() -> None:
 
 def environment() -> dict:
     """Versions, device and host the run trained on."""
-    backend = keras.backend.backend()
+    backend = keras_backend()
     env = {"python": platform.python_version(), "keras": keras.__version__, "backend": backend,
            "numpy": np.__version__, "device": "cpu", "host": socket.gethostname(), "platform": platform.platform()}
     if backend == "tensorflow":

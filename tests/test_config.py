@@ -70,7 +70,7 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     path.write_text(BASE)
     config = load_config(path, ["train.epochs=2", "model.dense=[16, 8]", "model.batch_norm.renorm=true", "seeds=[4]"])
     run = config.run_config({}, 4, str(path))
-    assert (run.train.epochs, run.model.dense, run.model.batch_norm.renorm, config.seeds) == (2, (16, 8), True, [4])
+    assert (run.train.epochs, run.model.dense, run.model.batch_norm.renorm, config.seeds) == (2, (16, 8), True, (4,))
 
 
 def test_preset_keys_merge_under_the_config(tmp_path):

@@ -292,7 +292,7 @@ def test_every_optimizer_has_its_slot_count_for_the_memory_estimate():
     from typing import get_args
 
     from bnexp.config.schema import TrainConfig
-    from bnexp.checks import _OPTIMIZER_SLOTS
+    from bnexp.optimizers import OPTIMIZERS as _OPTIMIZER_SLOTS
 
     assert set(_OPTIMIZER_SLOTS) == set(get_args(TrainConfig.model_fields["optimizer"].annotation))
 

@@ -66,7 +66,7 @@ def test_a_set_of_a_key_only_some_arms_set_still_works(write_config):
 def test_sweep_option_replaces_one_axis_and_adds_another(cli, write_config):
     config = write_config({"sweep": {"train.learning_rate": [0.01, 0.1]}})
     experiment = load_config(config, sweeps=["train.learning_rate=[0.5]", "train.batch_size=[4, 16]"])
-    assert experiment.sweep == {"train.learning_rate": [0.5], "train.batch_size": [4, 16]}
+    assert experiment.sweep == {"train.learning_rate": (0.5,), "train.batch_size": (4, 16)}
     out = cli("plan", config, "--sweep", "train.learning_rate=[0.5, 0.05]")
     assert out.exit_code == 0, out.output
     assert "tiny: 4 runs = 2 sweep point(s) x 2 arm(s) x 1 seed(s)" in out.output

@@ -4,11 +4,12 @@ differ only where an arm may change them, and every sweep value, --set and arm t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
-from bnexp.config.schema import ARM_SECTIONS, DEFAULT_ARMS, ExperimentConfig
+from bnexp.config.schema import ARM_SECTIONS, DEFAULT_ARMS, ExperimentConfig, ResolvedRun
 from bnexp.errors import ConfigError
-from bnexp.config.keypaths import covers, get_dotted
+from bnexp.config.keypaths import covers, get_dotted, thaw
 from bnexp.config.messages import did_you_mean, format_value
 
 
@@ -41,7 +42,7 @@ def check_conflicts(experiment: ExperimentConfig, sweep_sources: dict[str, str])
                     f"sweep another key, or take {covering} out of the arms"
                     + (" (arms: {run: {}} gives one arm whose runs the sweep tells apart)"
                        if experiment.arms == DEFAULT_ARMS else ""))
-    for key, (value, source) in experiment._overrides.items():
+    for key, (value, source) in experiment.overrides.items():
         swept = next((k for k in experiment.sweep if covers(k, key)), None)
         if swept:
             raise ConfigError(f"{source}: {key} is swept (sweep.{swept}), so this --set would be ignored; "
@@ -52,20 +53,24 @@ def check_conflicts(experiment: ExperimentConfig, sweep_sources: dict[str, str])
                               "would be ignored; change the arms instead, e.g. --set 'arms={...}'")
 
 
-def check_repeated_sweep_values(experiment: ExperimentConfig, path: Path, sweep_sources: dict[str, str]) -> None:
-    """No sweep axis lists a value twice, also after reading (0.1 and 1.0e-1, '1e-3' and 0.001)."""
+def check_repeated_sweep_values(experiment: ExperimentConfig, path: Path, sweep_sources: dict[str, str],
+                                runs: Sequence[ResolvedRun] | None = None) -> None:
+    """No sweep axis lists a value twice, also after reading (0.1 and 1.0e-1, '1e-3' and 0.001). The values are
+    read from the validated `runs` when there are (every run valid), else from a run per value on its own."""
     for key, values in experiment.sweep.items():
         seen = {}
         for index, value in enumerate(values, 1):
-            try:
-                resolved = experiment.run_config({key: (value, "")}, experiment.seeds[0], str(path))
-            except ConfigError:
-                # Invalid, or valid only with another axis's value: expand_runs names its sweep point,
-                # and check_distinct_runs catches a repeat among such values.
-                continue
+            resolved = next((run.config for run in runs if run.point[key] == thaw(value)), None) if runs else None
+            if runs is None:
+                try:
+                    resolved = experiment.run_config({key: (value, "")}, experiment.seeds[0], str(path))
+                except ConfigError:
+                    # Invalid, or valid only with another axis's value: expand_runs names its sweep point,
+                    # and check_distinct_runs catches a repeat among such values.
+                    continue
             canonical = json.dumps(get_dotted(resolved.model_dump(mode="json"), key), sort_keys=True)
             if canonical in seen:
                 first, first_value = seen[canonical]
-                raise ConfigError(f"{sweep_sources[key]}: values {first} ({format_value(first_value)}) and {index} "
-                                  f"({format_value(value)}) are the same {key}; list each value once")
+                raise ConfigError(f"{sweep_sources[key]}: values {first} ({format_value(thaw(first_value))}) and "
+                                  f"{index} ({format_value(thaw(value))}) are the same {key}; list each value once")
             seen[canonical] = (index, value)

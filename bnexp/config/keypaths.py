@@ -6,6 +6,7 @@ before validation.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -109,6 +110,49 @@ def related(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
+# The key the report's learning-rate analyses (largest rate that trains, a log axis) look for.
+LEARNING_RATE_KEY = "train.learning_rate"
+
+
 def short_key(key: str) -> str:
     """`train.learning_rate` -> `learning_rate`: the last part of a dotted sweep key."""
     return key.rsplit(".", 1)[-1]
+
+
+def point_label(point: Mapping[str, Any], separator: str = ", ", short: bool = False,
+                value: Callable[[Any], str] = str) -> str:
+    """A sweep point {key: value} as `key=value` items: `train.learning_rate=0.01, train.batch_size=8`, or with
+    `short` keys `learning_rate=0.01` (short_key); `value` writes each value."""
+    return separator.join(f"{short_key(key) if short else key}={value(item)}" for key, item in point.items())
+
+
+class FrozenDict(dict):
+    """A dict that refuses every change once made: the mappings of a loaded experiment. Unlike
+    types.MappingProxyType it copies, pickles and serialises as a dict does."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a loaded config is read-only; change the YAML file or use --set")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return FrozenDict, (dict(self),)
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every mapping a FrozenDict and every list a tuple, all the way down: what a loaded
+    experiment holds, so that no part of it can change after validation."""
+    if isinstance(value, Mapping):
+        return FrozenDict({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A frozen value (freeze) as the plain dicts and lists YAML gives: what set_dotted and validation work on."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(item) for item in value]
+    return value

@@ -7,27 +7,32 @@ source (file or --set), the dotted key path, what was received and what is allow
 
 from __future__ import annotations
 
-import copy
+import itertools
 import json
 import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationInfo, field_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationInfo, field_validator,
     model_validator,
 )
 
 from bnexp.errors import ConfigError
-from bnexp.config.keypaths import deep_merge, load_yaml, parse_override, set_dotted
+from bnexp.config.keypaths import (FrozenDict, deep_merge, freeze, load_yaml, parse_override, point_label, set_dotted,
+                                   thaw)
 from bnexp.metrics import EPOCH_METRICS, VAL_LOSS
+from bnexp.norms import DEFAULT_GROUPS, NORM_KINDS, norm_kind
+from bnexp.optimizers import OPTIMIZER_NAMES
 from bnexp.config.presets import PRESETS
 from bnexp.config.messages import did_you_mean, format_value, validate
 
-DEFAULT_ARMS = {
+DEFAULT_ARMS = freeze({
     "no_bn": {"model.batch_norm.enabled": False},
     "bn": {"model.batch_norm.enabled": True},
-}
+})
 
 # The sections an arm may change. The arms of a pair must see the same data (so not data.*) and
 # share the run seed (so not seed): otherwise a paired difference measures the data or the seed.
@@ -140,14 +145,9 @@ class BatchNormConfig(Strict):
     precise_stats: int = Field(0, ge=0)
 
 
-NORM_KINDS = ("batch", "batch_renorm", "group", "layer", "none")
-
-
 class NormConfig(Strict):
-    # layer is GroupNormalization with one group, as Wu & He define it: each sample normalised over all
-    # its features (height, width and channels), a scale and shift per channel.
-    kind: Literal[NORM_KINDS] = "batch"
-    groups: PositiveInt = 32  # group only; Wu & He's default. It must divide every normalised layer's channels
+    kind: Literal[NORM_KINDS] = "batch"  # bnexp.norms.NORMS says what each makes
+    groups: PositiveInt = DEFAULT_GROUPS  # group only. It must divide every normalised layer's channels
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -160,14 +160,6 @@ class NormConfig(Strict):
 class DropoutConfig(Strict):
     rate: float = Field(0.0, ge=0, lt=1)
     placement: Literal["before_pooling", "after_pooling", "after_dense"] = "after_pooling"
-
-
-def norm_kind(enabled: bool, renorm: bool, kind: str) -> str:
-    """The normalisation a model inserts: model.norm.kind, or what the older batch_norm switches (enabled,
-    renorm) say while the kind is left at batch."""
-    if not enabled:
-        return "none"
-    return "batch_renorm" if kind == "batch" and renorm else kind
 
 
 BUILDER_ARGUMENTS = ("input_shape", "num_classes", "norm")  # what bnexp passes every model.builder
@@ -281,7 +273,7 @@ class EarlyStoppingConfig(Strict):
 
 
 class TrainConfig(Strict):
-    optimizer: Literal["adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad"] = "adam"
+    optimizer: Literal[OPTIMIZER_NAMES] = "adam"  # bnexp.optimizers.OPTIMIZERS says what each makes
     learning_rate: float = Field(0.001, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd and rmsprop
     nesterov: bool = False  # sgd
@@ -323,28 +315,47 @@ class RunConfig(Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
+# A section of the experiment as written (YAML, then --set and --sweep), read-only all the way down
+# (keypaths.freeze: FrozenDicts and tuples): it is checked per run, as part of a RunConfig, and must not
+# change after loading.
+Frozen = Annotated[Mapping[str, Any], AfterValidator(freeze)]
+
+# --set and option overrides of data/model/train keys: {key: (value, where it came from)}.
+Overrides = Mapping[str, tuple[Any, str]]
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """One run of the experiment before its id: where it sits (sweep point, seed, arm) and its validated config."""
+
+    point: Mapping[str, Any]  # swept key -> value, as written (plain lists and dicts)
+    seed: int
+    arm: str
+    config: RunConfig
+
+
 class ExperimentConfig(Strict):
     """The keys that describe the experiment; data/model/train are checked per run as RunConfig."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
-    arms: dict[str, dict[str, Any]] = DEFAULT_ARMS
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
+    arms: Annotated[Mapping[str, Mapping[str, Any]], AfterValidator(freeze)] = DEFAULT_ARMS
     reference: str | None = None  # the arm others are compared with; None = the first arm (reference_arm)
-    sweep: dict[str, list[Any]] = {}
-    data: dict[str, Any]
-    model: dict[str, Any] = {}
-    train: dict[str, Any] = {}
-    # --set overrides of data/model/train keys: {key: (value, "--set ...")}, given to validation as
-    # its context (load_config). They are applied per run, after the preset is expanded, so they can
-    # reach into a preset's lists.
-    _overrides: dict[str, tuple[Any, str]] = PrivateAttr(default_factory=dict)
+    sweep: Annotated[Mapping[str, tuple[Any, ...]], AfterValidator(freeze)] = {}
+    data: Frozen
+    model: Frozen = {}
+    train: Frozen = {}
+    # The overrides, given to validation as its context (load_config). They are applied per run, after the
+    # preset is expanded, so they can reach into a preset's lists.
+    _overrides: Overrides = PrivateAttr(default_factory=FrozenDict)
+    _runs: dict[str, tuple[ResolvedRun, ...]] = PrivateAttr(default_factory=dict)  # source -> runs (resolved_runs)
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, seeds):
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise ValueError(f"seeds must be distinct, got {list(seeds)}")
         for seed in seeds:
             if not 0 <= seed <= MAX_SEED:
                 raise ValueError(f"seed {seed} is outside 0 to {MAX_SEED} (2**32 - 1), "
@@ -376,35 +387,59 @@ class ExperimentConfig(Strict):
         if self.reference is not None and self.reference not in self.arms:
             raise ValueError(f"reference: {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
         # A private attribute, set while validating: the frozen model is not changed afterwards.
-        self._overrides = (info.context or {}).get("overrides", {})
+        self._overrides = freeze((info.context or {}).get("overrides", {}))
         return self
+
+    @property
+    def overrides(self) -> Overrides:
+        """The --set and option overrides of data/model/train keys: {key: (value, where it came from)}."""
+        return self._overrides
 
     @property
     def reference_arm(self) -> str:
         """The arm the others are compared with: `reference`, else the first arm."""
         return self.reference if self.reference is not None else next(iter(self.arms))
 
-    def run_config(self, overrides: dict[str, tuple[Any, str]], seed: int, source: str) -> RunConfig:
+    def run_config(self, overrides: Overrides, seed: int, source: str) -> RunConfig:
         """The RunConfig with dotted `overrides` ({key: (value, where it came from)}) applied
         after the --set ones; an error names the --set, sweep point or arm that caused it."""
-        overrides = self._overrides | overrides
+        overrides = {**self._overrides, **overrides}
         key_sources = {key: origin for key, (_, origin) in overrides.items()}
-        raw = {"data": copy.deepcopy(self.data), "model": copy.deepcopy(self.model), "train": copy.deepcopy(self.train)}
+        raw = {"data": thaw(self.data), "model": thaw(self.model), "train": thaw(self.train)}
         preset_source = key_sources.get("model.preset", source)
         if "model.preset" in overrides and isinstance(raw["model"], dict):
-            raw["model"]["preset"] = overrides["model.preset"][0]
+            raw["model"]["preset"] = thaw(overrides["model.preset"][0])
         # The preset first, so that `model.conv.2.pool` can change one value of a preset's list.
         raw["model"] = expand_preset(raw["model"], preset_source)
         for key, (value, origin) in overrides.items():
-            set_dotted(raw, key, value, origin)
+            set_dotted(raw, key, thaw(value), origin)
         raw["model"] = expand_preset(raw["model"], preset_source)  # a replaced model section may name a preset
         raw["seed"] = seed
         return validate(RunConfig, raw, source, key_sources)
 
+    def resolved_runs(self, source: str) -> tuple[ResolvedRun, ...]:
+        """Every run, grouped by sweep point, then seed, then arm, each RunConfig validated once (and kept);
+        an error names the sweep point or arm that caused it, as run_config's do."""
+        if source not in self._runs:
+            keys = list(self.sweep)
+            runs = []
+            for values in itertools.product(*(self.sweep[k] for k in keys)):
+                point = {key: thaw(value) for key, value in zip(keys, values)}
+                where = point_label(point)
+                for seed in self.seeds:
+                    for arm, changes in self.arms.items():
+                        overrides = {k: (v, f"{source}: sweep point {where}") for k, v in point.items()}
+                        overrides |= {k: (v, f"{source}: arms.{arm}") for k, v in changes.items()}
+                        runs.append(ResolvedRun(point, seed, arm, self.run_config(overrides, seed, source)))
+            self._runs[source] = tuple(runs)
+        return self._runs[source]
 
-def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] = ()) -> ExperimentConfig:
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (), *,
+                deterministic: bool = False) -> ExperimentConfig:
     """Read a YAML experiment file, apply `--set key=value` overrides and `--sweep key=[values]` axes,
-    validate it and check that it means one experiment: every setting takes effect and every run differs."""
+    validate it and check that it means one experiment: every setting takes effect and every run differs.
+    `deterministic` (the --deterministic option) sets train.deterministic in every run."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -425,6 +460,8 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
         else:
             set_dotted(raw, key, value, f"--set {item}")
             key_sources[key] = f"--set {item}"
+    if deterministic:
+        run_overrides["train.deterministic"] = (True, "--deterministic")
     for item in sweeps:
         key, values = parse_override(item, "--sweep", "'train.learning_rate=[0.01, 0.1]'")
         if not isinstance(values, list):
@@ -442,11 +479,19 @@ def load_config(path: str | Path, overrides: list[str] = (), sweeps: list[str] =
 
     check_arm_keys(experiment, path)
     check_conflicts(experiment, sweep_sources)
-    # Check the base run first so errors point at the file, not at a sweep point.
+    # The file as written must be valid too, even where every arm changes what is wrong in it; checked first, so
+    # that its errors point at the file, not at a sweep point.
     experiment.run_config({}, experiment.seeds[0], str(path))
-    for arm, changes in experiment.arms.items():
-        experiment.run_config({k: (v, f"{path}: arms.{arm}") for k, v in changes.items()}, experiment.seeds[0], str(path))
-    check_repeated_sweep_values(experiment, path, sweep_sources)
+    try:
+        runs = experiment.resolved_runs(str(path))
+    except ConfigError:
+        # Name an arm rather than a sweep point when the arm is the cause (expand_runs raises the sweep point's
+        # error again when the arms are right).
+        for arm, changes in experiment.arms.items():
+            experiment.run_config({k: (v, f"{path}: arms.{arm}") for k, v in changes.items()}, experiment.seeds[0],
+                                  str(path))
+        runs = None
+    check_repeated_sweep_values(experiment, path, sweep_sources, runs)
     return experiment
 
 

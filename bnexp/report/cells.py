@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from bnexp.config.keypaths import short_key
+from bnexp.config import keypaths
 
 
 def value_label(value) -> str:
@@ -22,7 +22,7 @@ def value_label(value) -> str:
 
 def point_label(values: dict) -> str:
     """`learning_rate=0.01, activation=relu` for a sweep point given as {key: value}."""
-    return ", ".join(f"{short_key(key)}={value_label(value)}" for key, value in values.items())
+    return keypaths.point_label(values, short=True, value=value_label)
 
 
 def fmt(value, spec: str, scale: float = 1.0, empty: str = "–") -> str:

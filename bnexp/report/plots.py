@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from bnexp.report.load import is_number
-from bnexp.config.keypaths import short_key
+from bnexp.config.keypaths import LEARNING_RATE_KEY, short_key
 from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.report.cells import point_label, value_label
 
@@ -40,7 +40,7 @@ def _log_axis(key: str, values: list) -> bool:
     """Learning rates, and positive values spanning a factor of 16 or more, read best on a log axis."""
     if not values or not all(is_number(v) and v > 0 for v in values):
         return False
-    return "learning_rate" in key or max(values) / min(values) >= 16
+    return key == LEARNING_RATE_KEY or max(values) / min(values) >= 16
 
 
 def _legend_width(labels: list[str]) -> float:

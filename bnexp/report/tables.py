@@ -17,13 +17,13 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from bnexp.config.keypaths import LEARNING_RATE_KEY
 from bnexp.report.cells import point_label
 from bnexp.report.load import Experiment, final_values, is_number
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, INCOMPLETE, RUNNING, STATUS_TEXTS, UNFINISHED
 
 CONFIDENCE = 0.95
-LEARNING_RATE_KEY = "train.learning_rate"
 # Steps-to-target defaults: a level every arm can be expected to reach, derived from the
 # reference arm's best sweep point, so the table asks "how soon", not "whether".
 DEFAULT_ACCURACY_FRACTION = 0.9
