@@ -1,7 +1,7 @@
-"""Reliability: killed and interrupted sweeps resume, concurrent sweeps share work, bad input and
-unusable results folders give one-line errors, determinism, divergence, `bnexp status`.
+"""`bnexp run` when things go wrong: killed and interrupted sweeps resume, concurrent sweeps share work,
+bad input and unusable results folders give one-line errors, determinism, divergence.
 
-The tests marked slow start real `bnexp run` processes and kill them; they are in the default run.
+The tests marked slow start real `bnexp run` processes and kill them; `pytest -m slow` runs them (.ci/run).
 """
 
 import errno
