@@ -89,7 +89,7 @@ def recompute_bn_statistics(model: keras.Model, batches) -> list[tuple]:
               if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:  # the no-BN arm: nothing to recompute, so no forward passes to pay for
         return []
-    saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]
+    saved = [(v, v.numpy()) for v in model.variables if not v.trainable]
     momenta = [layer.momentum for layer in layers]
     try:
         for i, (x, _) in enumerate(batches, 1):
@@ -127,7 +127,7 @@ class StepEvals(keras.callbacks.Callback):
         self.next_step = (step // self.every + 1) * self.every
         if step >= self.epoch_end:
             return
-        kept = [(v, keras.ops.convert_to_numpy(v.value)) for v in self.model.metrics_variables]
+        kept = [(v, v.numpy()) for v in self.model.metrics_variables]
         scores = self.model.evaluate(self.x, self.y, batch_size=self.batch_size, verbose=0, return_dict=True,
                                      callbacks=self.callbacks)
         for variable, value in kept:
@@ -151,7 +151,7 @@ class HistoryLog(keras.callbacks.Callback):
             epoch=epoch + 1,
             step=int(self.model.optimizer.iterations),
             **{key: None if logs.get(key) is None else float(logs[key]) for key in EPOCH_METRICS},
-            learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            learning_rate=float(self.model.optimizer.learning_rate),
             epoch_seconds=round(time.perf_counter() - self.tic, 4),
             step_losses=self.step_log.samples,
             **({"step_evals": self.step_evals.samples} if self.step_evals else {}),

@@ -68,3 +68,19 @@ def cli(tmp_path):
         return CliRunner().invoke(main, [*map(str, args), *workers, "--results", str(tmp_path / "results")])
 
     return invoke
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    """An experiment of five completed runs, four of them with a damaged file."""
+    from test_report import ExperimentWriter, completed, epochs
+
+    writer = ExperimentWriter(tmp_path, "dmg")
+    ids = [writer.run(arm, seed, history=epochs([0.5, 0.9]), result=completed(0.1))
+           for arm, seed in (("no_bn", 0), ("bn", 0), ("no_bn", 1), ("bn", 1), ("no_bn", 2))]
+    writer.plan()
+    (writer.path / ids[0] / "history.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')
+    (writer.path / ids[1] / "result.json").write_text('{"status": "comp')
+    (writer.path / ids[2] / "spec.json").write_bytes(b"\xff\xfe")
+    (writer.path / ids[3] / "result.json").write_text("[1, 2]")
+    return writer.path, ids

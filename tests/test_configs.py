@@ -16,6 +16,9 @@ from click.testing import CliRunner
 from bnexp.cli import main
 from bnexp.config.schema import load_config
 
+# Each trains every arm of a shipped CIFAR-10 network (tens of seconds on 2 cores): CI's slow lane.
+pytestmark = pytest.mark.slow
+
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 # Trainable parameters per arm, from the architectures in EXPERIMENTS.md: E1 has 38,250 and BN adds

@@ -274,7 +274,7 @@ def test_npz_of_8x8_images_gets_a_channel_axis_and_unit_scaling(tmp_path):
     ds = load_dataset(make_config(dataset="npz", path="digits.npz"), tmp_path)
 
     assert (ds.x_train.shape, ds.x_val.shape, ds.x_test.shape) == ((18, 8, 8, 1), (6, 8, 8, 1), (6, 8, 8, 1))
-    assert ds.num_classes == 4  # the largest label + 1 (a label only in the test set is refused: test_trust_data)
+    assert ds.num_classes == 4  # the largest label + 1 (a label only in the test set is refused: test_checks)
     np.testing.assert_array_equal(ds.x_val[..., 0], x_train[18:] / np.float32(255))
     assert dataset_info(make_config(dataset="npz", path="digits.npz"), tmp_path) == ((8, 8, 1), 4)
 

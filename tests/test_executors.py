@@ -1,7 +1,10 @@
-"""Executors: worker processes and Ray tasks store the same runs a sequential sweep stores."""
+"""Executors: worker processes and Ray tasks store the same runs a sequential sweep stores, and Ray
+clusters that cannot run a sweep stop at once with one line instead of a wait forever."""
 
+import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +12,9 @@ import yaml
 
 from bnexp.config.schema import load_config
 from bnexp.errors import BnexpError
-from bnexp.executors import RunContext, default_workers, make_executor, run_processes, run_ray, run_sequential
+from bnexp.executors import (
+    RunContext, _check_ray_resources, default_workers, make_executor, run_processes, run_ray, run_sequential,
+)
 from bnexp.runner import SweepProgress, run_sweep
 from bnexp.store import HISTORY, RESULT, SPEC, read_history, read_json
 from bnexp.sweep import expand_runs
@@ -127,3 +132,74 @@ def test_cli_import_loads_no_backend():
     code = "import sys, bnexp.cli; print(sorted({'tensorflow', 'keras', 'jax', 'torch', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: bound once to find a free one, then released."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tiny_runs(write_config):
+    path = write_config()
+    return expand_runs(load_config(path), str(path))
+
+
+def test_an_unreachable_ray_address_stops_at_once_with_one_line(tmp_path, tiny_runs, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init would retry for 30 s or more"))
+    port = closed_port()
+    with pytest.raises(BnexpError) as error:
+        list(run_ray(f"ray://127.0.0.1:{port}")(tiny_runs, RunContext(tmp_path, None)))
+    assert str(error.value) == (
+        f"--address ray://127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} (Connection refused); "
+        "start one there with `ray start --head`, or leave out --address to start a local Ray")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(BnexpError, match=rf"^\$RAY_ADDRESS 127\.0\.0\.1:{port}: no Ray cluster answers at "
+                                         rf"127\.0\.0\.1:{port} \(Connection refused\); start one there with "
+                                         r"`ray start --head`, or unset RAY_ADDRESS to start a local Ray$"):
+        list(run_ray()(tiny_runs, RunContext(tmp_path, None)))
+    assert not (tmp_path / "tiny").exists()
+
+
+def fake_ray(*nodes):
+    """A stand-in for the ray module whose cluster has `nodes` (their resources) alive, plus a dead one."""
+    dead = {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}
+    return SimpleNamespace(nodes=lambda: [*({"Alive": True, "Resources": r} for r in nodes), dead])
+
+
+@pytest.mark.parametrize("cpus, gpus, expected", [
+    (1, 1, "--gpus-per-run 1: no node of the Ray cluster offers that (the 2 node(s) offer at most 8 CPUs and "
+           "0 GPUs each); ask for less, or add a node that has it"),
+    (16, 0, "--cpus-per-run 16: no node of the Ray cluster offers that (the 2 node(s) offer at most 8 CPUs and "
+            "0 GPUs each); ask for less, or add a node that has it"),
+])
+def test_resources_no_node_offers_are_one_line(cpus, gpus, expected):
+    with pytest.raises(BnexpError) as error:
+        _check_ray_resources(fake_ray({"CPU": 8.0}, {"CPU": 2.0}), cpus, gpus)
+    assert str(error.value) == expected
+
+
+def test_resources_each_on_some_node_but_never_together_are_refused():
+    ray = fake_ray({"CPU": 16.0}, {"CPU": 2.0, "GPU": 1.0})
+    with pytest.raises(BnexpError, match=r"^--cpus-per-run 8 with --gpus-per-run 0.5: no node of the Ray cluster"):
+        _check_ray_resources(ray, 8, 0.5)
+    _check_ray_resources(ray, 2, 0.5)  # the GPU node has room for that
+    _check_ray_resources(ray, 16, 0)
+
+
+@pytest.mark.slow
+def test_a_local_ray_without_a_gpu_refuses_gpus_per_run_before_claiming_a_run(tmp_path, tiny_runs):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    try:
+        with pytest.raises(BnexpError, match=r"^--gpus-per-run 1: no node of the Ray cluster offers that "
+                                             r"\(the 1 node\(s\) offer at most 1 CPUs and 0 GPUs each\)"):
+            list(run_ray(gpus_per_run=1)(tiny_runs, RunContext(tmp_path, None)))
+        with pytest.raises(BnexpError, match=r"^--cpus-per-run 2: no node"):
+            list(run_ray(cpus_per_run=2)(tiny_runs, RunContext(tmp_path, None)))
+    finally:
+        ray.shutdown()
+    assert not (tmp_path / "tiny").exists()

@@ -1,5 +1,5 @@
 """The results layout's one owner (bnexp.store) as the report reads it: running and interrupted
-runs apart, one format policy for report and status, the report folder written in one piece."""
+runs apart, damaged run files described, the report folder written in one piece."""
 
 import pathlib
 import subprocess
@@ -7,15 +7,18 @@ import sys
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
-from bnexp import store
-
-from bnexp import report
+from bnexp import report, store
+from bnexp.cli import main
 from bnexp.store import RESULTS_FORMAT
 from bnexp.errors import ResultsError
 from bnexp.metrics import EPOCH_METRICS
-from bnexp.status import experiments_status
 from test_report import ExperimentWriter, completed, epochs
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [*map(str, args)])
 
 
 def test_the_report_shows_a_running_run_apart_from_an_interrupted_one(tmp_path):
@@ -43,35 +46,6 @@ def test_the_lock_gone_the_same_run_reads_as_interrupted(tmp_path):
     with store.run_lock(path / run_id):
         assert report.load_experiment(path).runs.status.tolist() == ["running"]
     assert report.load_experiment(path).runs.status.tolist() == ["incomplete"]
-
-
-@pytest.mark.parametrize("found", [0, RESULTS_FORMAT + 1])
-def test_report_and_status_refuse_an_experiment_in_another_format_alike(tmp_path, found):
-    writer = ExperimentWriter(tmp_path, "old")
-    writer.run("no_bn", 0, history=epochs([0.9]), result=completed(0.1))
-    path = writer.plan()
-    store.write_json(path / "experiment.json", {"format": found, "bnexp_version": "0.0.1", "run_ids": []})
-    expected = (f"{path / 'experiment.json'}: written in results format {found} (bnexp 0.0.1); this bnexp 0.1.0 "
-                f"reads format {RESULTS_FORMAT}; use another --results folder or that bnexp version "
-                "(nothing was changed)")
-    for command in (lambda: report.write_reports(tmp_path, "old"), lambda: experiments_status(tmp_path, "old")):
-        with pytest.raises(ResultsError) as error:
-            command()
-        assert str(error.value) == expected
-    assert not (path / "report").exists()
-
-
-def test_a_run_in_another_format_stops_the_report_as_it_stops_status(tmp_path):
-    writer = ExperimentWriter(tmp_path, "mixed")
-    writer.run("no_bn", 0, history=epochs([0.9]), result=completed(0.1))
-    newer = writer.run("bn", 0, history=epochs([0.9]), result=completed(0.1))
-    path = writer.plan()
-    spec = store.read_object(path / newer / "spec.json")
-    store.write_json(path / newer / "spec.json", {**spec, "format": RESULTS_FORMAT + 1})
-    for command in (lambda: report.write_reports(tmp_path, "mixed"), lambda: experiments_status(tmp_path, "mixed")):
-        with pytest.raises(ResultsError, match=f"^{path / newer / 'spec.json'}: written in results format "
-                                               f"{RESULTS_FORMAT + 1} "):
-            command()
 
 
 def test_a_new_report_replaces_the_old_one_whole_and_a_failed_write_keeps_it(tmp_path, monkeypatch):
@@ -140,3 +114,15 @@ def test_a_report_that_cannot_be_renamed_into_place_puts_the_previous_one_back(t
 
 def test_a_history_row_holds_every_epoch_metric():
     assert set(EPOCH_METRICS) <= set(store.HistoryRow.__annotations__)
+
+
+def test_report_describes_damaged_runs_and_reports_the_rest(damaged, tmp_path):
+    path, ids = damaged
+    out = cli("report", "dmg", "--results", tmp_path)
+    assert out.exit_code == 0, out.output
+    page = (path / "report" / "index.html").read_text()
+    assert f"{ids[0]}/history.jsonl damaged (line 2: Unterminated string" in page
+    assert "2 of 5 finished (2 completed, 3 damaged)" in page
+    for run_id, detail in ((ids[1], "result.json: Unterminated string"), (ids[2], "spec.json: &#x27;utf-8&#x27;"),
+                           (ids[3], "result.json: not a JSON object")):
+        assert f"<td>{run_id}</td>" in page and f"<td>{detail}" in page

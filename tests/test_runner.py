@@ -1,7 +1,7 @@
-"""Reliability: killed and interrupted sweeps resume, concurrent sweeps share work, bad input and
-unusable results folders give one-line errors, determinism, divergence, `bnexp status`.
+"""`bnexp run` when things go wrong: killed and interrupted sweeps resume, concurrent sweeps share work,
+bad input and unusable results folders give one-line errors, determinism, divergence.
 
-The tests marked slow start real `bnexp run` processes and kill them; they are in the default run.
+The tests marked slow start real `bnexp run` processes and kill them; `pytest -m slow` runs them (.ci/run).
 """
 
 import errno
@@ -410,42 +410,6 @@ def test_a_diverging_arm_is_recorded_as_diverged_while_the_bn_arm_trains(write_c
     assert cli("report", "tiny", "--results", results).exit_code == 0
     report = (results / "tiny" / "report" / "report.md").read_text()
     assert "diverged" in report and "no_bn" in report and "bn" in report
-
-
-# --- bnexp status --------------------------------------------------------------------------------
-
-def test_status_lists_every_state_of_a_sweep(write_config, tmp_path):
-    config = write_config({"seeds": [0, 1, 2]})
-    results = tmp_path / "results"
-    dirs = record_runs(config, results, [{"status": "completed", "test_error": 0.125},
-                                         {"status": "diverged", "diverged_epoch": 3, "diverged_steps": [410, 420]},
-                                         {"status": "failed", "error": "MemoryError: out of memory"}, {}, {}])
-    (dirs[4] / "checkpoint.keras").write_bytes(b"")
-    with run_lock(dirs[3]):
-        out = cli("status", "tiny", "--results", results)
-    assert out.exit_code == 0, out.output
-    rows = {line.split()[0]: line.split(None, 3)[1:] for line in out.output.splitlines()[1:7]}
-    assert rows[dirs[0].name] == ["completed", "1/1", "test error 0.1250"]
-    assert rows[dirs[1].name] == ["diverged", "1/1", "loss NaN or infinite in epoch 3 (steps 410-420)"]
-    assert rows[dirs[2].name] == ["failed", "1/1", "MemoryError: out of memory (retried by the next bnexp run)"]
-    assert rows[dirs[3].name] == ["running", "1/1", "another bnexp process holds its lock"]
-    assert rows[dirs[4].name] == ["incomplete", "1/1", "interrupted; resumes from its last checkpoint"]
-    assert rows[dirs[5].name] == ["pending"]
-    assert out.output.strip().endswith(
-        f"tiny: 6 runs: 1 completed, 1 diverged, 1 failed, 1 running, 1 incomplete, 1 pending ({results / 'tiny'})")
-
-
-def test_status_names_what_it_cannot_find(tmp_path):
-    assert "no experiments here yet" in one_line_error(cli("status", "--results", tmp_path))
-    (tmp_path / "lr_sweep").mkdir()
-    bnexp.store.write_json(tmp_path / "lr_sweep" / "experiment.json", {"format": 1, "run_ids": []})
-    error = one_line_error(cli("status", "lr_swep", "--results", tmp_path))
-    assert error.endswith("no experiment 'lr_swep'; found: lr_sweep; did you mean 'lr_sweep'?")
-
-
-def test_status_help_ends_with_an_example():
-    out = cli("status", "-h")
-    assert out.exit_code == 0 and "Example:" in out.output and "bnexp status" in out.output
 
 
 @pytest.mark.slow
