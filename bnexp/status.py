@@ -54,10 +54,18 @@ def run_row(run_dir: Path) -> dict[str, str]:
     check_format(run_dir / SPEC)
     status = run_status(run_dir)
     spec, result = read_json(run_dir / SPEC) or {}, read_json(run_dir / RESULT) or {}
-    planned = spec.get("config", {}).get("train", {}).get("epochs", "?")
+    config = spec.get("config") if isinstance(spec.get("config"), dict) else {}
+    planned = (config.get("train") if isinstance(config.get("train"), dict) else {}).get("epochs", "?")
     done = len(read_history(run_dir / HISTORY))
+    # As the report reads it: test_error, else 1 - test_accuracy (results that only have the latter).
+    error, accuracy = result.get("test_error"), result.get("test_accuracy")
+    if not _is_number(error) and _is_number(accuracy):
+        error = 1 - accuracy
+    if status == COMPLETED and not _is_number(error):
+        return {"run": run_dir.name, "status": DAMAGED, "epochs": "",
+                "detail": f"{RESULT}: test_error: expected a number for a completed run, got {result.get('test_error')!r}"}
     detail = {
-        COMPLETED: lambda: f"test error {result.get('test_error', float('nan')):.4f}",
+        COMPLETED: lambda: f"test error {error:.4f}",
         DIVERGED: lambda: f"loss NaN or infinite in epoch {result.get('diverged_epoch')}" + _steps(result),
         FAILED: lambda: f"{result.get('error')} (retried by the next bnexp run)",
         RUNNING: lambda: "another bnexp process holds its lock",
@@ -68,7 +76,11 @@ def run_row(run_dir: Path) -> dict[str, str]:
     return {"run": run_dir.name, "status": status, "epochs": f"{done}/{planned}" if spec else "", "detail": detail}
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 def _steps(result: dict) -> str:
     """The optimizer steps between which the loss went NaN, when the run recorded them."""
     steps = result.get("diverged_steps")
-    return f" (steps {steps[0]}-{steps[1]})" if steps else ""
+    return f" (steps {steps[0]}-{steps[1]})" if isinstance(steps, list) and len(steps) == 2 else ""

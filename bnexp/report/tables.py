@@ -216,6 +216,8 @@ def parameter_table(runs: pd.DataFrame, keys: list[str], reference: str) -> pd.D
     two rows for one point and arm would show runs that disagree.
     """
     counts = ["trainable_params", "non_trainable_params"]
+    if not set(counts) <= set(runs.columns):  # no run has started: the loader has no result columns
+        return pd.DataFrame()
     counted = runs.dropna(subset=counts)
     if counted.empty:
         return pd.DataFrame()
