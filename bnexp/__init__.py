@@ -32,9 +32,7 @@ def _experiment_folder(path: str | os.PathLike):
     from bnexp.store import SPEC, is_experiment_dir
 
     path = Path(path)
-    if not path.is_dir():
-        raise ResultsError(f"{path}: no such folder; pass an experiment folder, results/<experiment name>")
-    if is_experiment_dir(path):
+    if not path.is_dir() or is_experiment_dir(path):  # a folder not there: the loader's one-line error
         return path
     if (path / SPEC).is_file() or (path.name == REPORT_DIR and is_experiment_dir(path.parent)):
         what = "a run folder" if (path / SPEC).is_file() else "the report folder"

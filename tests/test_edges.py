@@ -113,8 +113,7 @@ def test_load_experiment_on_a_results_run_or_report_folder_says_which_folder_to_
         run: f"{run}: a run folder of experiment 'bad'; pass the experiment folder: bnexp.load_experiment('{path}')",
         path / "report": f"{path / 'report'}: the report folder of experiment 'bad'; pass the experiment folder: "
                          f"bnexp.load_experiment('{path}')",
-        tmp_path / "nowhere": f"{tmp_path / 'nowhere'}: no such folder; pass an experiment folder, "
-                              "results/<experiment name>",
+        tmp_path / "nowhere": f"{tmp_path / 'nowhere'}: cannot list the experiment folder (No such file or directory)",
         tmp_path / "results" / "bad" / "report" / ".." / "..": None,  # the results folder again, spelled otherwise
     }
     for given, message in cases.items():
