@@ -110,7 +110,10 @@ def check_executor_options(executor: str | None, workers: int | None, address: s
     """The executor the `run` options name (None: ray with an address, else processes); ConfigError
     for an option the chosen executor would ignore, so each option given has its effect. None is an
     option not given."""
-    executor = executor or ("ray" if address else "processes")
+    executor = executor or ("ray" if address is not None else "processes")
+    if address is not None and not is_ray_address(address):
+        raise ConfigError(f"--address {address!r}: expected a Ray cluster's HOST:PORT (head:6379), "
+                          "ray://HOST:PORT (ray://head:10001) or auto (the cluster this machine joined)")
     if workers is not None and workers != 1 and executor == "sequential":
         raise ConfigError(f"--executor sequential -j {workers}: sequential trains one run at a time in this process; "
                           f"drop -j, or use --executor processes -j {workers}")
@@ -125,6 +128,16 @@ def check_executor_options(executor: str | None, workers: int | None, address: s
             raise ConfigError(f"{option} {value:g}: only Ray tasks ask for CPUs and GPUs, not --executor {executor}; "
                               f"add --executor ray (or --address ADDR), or drop {option}")
     return executor
+
+
+def is_ray_address(address: str) -> bool:
+    """auto, HOST:PORT or ray://HOST:PORT with a port from 1 to 65535 (an IPv6 host in brackets)."""
+    if address == "auto":
+        return True
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return bool(colon and host and port.isdigit() and 0 < int(port) < 65536
+                and not any(c in host for c in "/@?# ") and (":" not in host or address.count("[") == 1))
 
 
 def make_executor(name: str, workers: int | None = None, address: str | None = None,

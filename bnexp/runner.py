@@ -4,6 +4,7 @@ not complete yet through an executor (bnexp.executors), showing progress and a s
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ from typing import Sequence
 
 from bnexp import store
 from bnexp.config.schema import ExperimentConfig
+from bnexp.errors import ResultsError
 from bnexp.executors import (Executor, NotTrained, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
 from bnexp.config.keypaths import point_label
@@ -58,17 +60,65 @@ def pending_runs(runs: list[RunSpec], results_dir: Path) -> list[RunSpec]:
 
 def write_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
                      config_file: str | Path) -> None:
-    """Record the experiment as planned now in its experiment.json."""
-    store.write_experiment(results_dir / experiment.name, store.ExperimentRecord(
+    """Record the experiment as planned now in its experiment.json, with the runs an earlier plan
+    started that this one only left out (earlier_runs): they stay results of the experiment."""
+    folder = results_dir / experiment.name
+    kept = earlier_runs(folder, runs)
+    store.write_experiment(folder, store.ExperimentRecord(
         experiment=experiment.name,
         description=experiment.description,
         config_file=str(Path(config_file).resolve()),  # absolute: check_same_experiment compares it from any folder
         sweep_keys=list(experiment.sweep),
         arms=list(experiment.arms),
         reference_arm=experiment.reference_arm,
-        seeds=list(experiment.seeds),
-        run_ids=[spec.run_id for spec in runs],
+        seeds=sorted({*experiment.seeds, *kept.values()}),
+        run_ids=[*kept, *(spec.run_id for spec in runs if spec.run_id not in kept)],
     ))
+
+
+def earlier_runs(folder: Path, runs: list[RunSpec]) -> dict[str, int]:
+    """The runs (id -> seed) of the experiment's last plan that started and that `runs` left out without
+    replacing them: a narrower --sweep or seed list keeps them, as they are the same runs at other sweep
+    points or seeds. A run whose settings apart from its sweep point and seed differ from every planned
+    run of its arm (an edited config, --set) was replaced, and is dropped as before."""
+    try:
+        record = store.read_experiment(folder)
+    except (OSError, ValueError, ResultsError):  # damaged or another format: check_results_dir refuses it
+        return {}
+    if not record or not isinstance(record.get("run_ids"), list):
+        return {}
+    current = {spec.run_id for spec in runs}
+    settings = {_setting(spec.record()) for spec in runs}
+    places = {(spec.arm, spec.seed, _canonical(spec.point)) for spec in runs}
+    kept = {}
+    for run_id in dict.fromkeys(str(run_id) for run_id in record["run_ids"] if str(run_id) not in current):
+        try:
+            spec = store.read_spec(folder / run_id)
+        except (OSError, ValueError, ResultsError):  # never started, or unreadable: not a result
+            continue
+        point = spec.get("point") or {}
+        if (spec["arm"], spec["seed"], _canonical(point)) not in places and _setting(spec) in settings:
+            kept[run_id] = spec["seed"]
+    return kept
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _setting(spec: dict) -> str:
+    """What a run is apart from its seed and its sweep point: arm, config and file fingerprints."""
+    config = json.loads(_canonical(spec.get("config") or {}))
+    config.pop("seed", None)
+    for key in spec.get("point") or {}:
+        *parents, leaf = key.split(".")
+        section = config
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(leaf, None)
+    return _canonical({"arm": spec.get("arm"), "config": config, "data_sha256": spec.get("data_sha256"),
+                       "builder_sha256": spec.get("builder_sha256")})
 
 
 @dataclass

@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 
 from bnexp import __version__
 from bnexp.errors import ResultsError
+from bnexp.norms import DEFAULT_GROUPS, WITH_MOVING_STATISTICS
 
 # Version of the on-disk results layout; bumped on incompatible change.
 RESULTS_FORMAT = 1
@@ -307,7 +308,14 @@ def read_result(run_dir: Path) -> ResultRecord | None:
     result = read_object(path)
     if result.get("status") not in RESULT_STATUSES:
         raise ValueError(f"unknown status {result.get('status')!r}")
+    # A completed run is its test error; one without it (or test_accuracy, which older results kept) has no result.
+    if result["status"] == COMPLETED and not any(_is_finite(result.get(key)) for key in ("test_error", "test_accuracy")):
+        raise ValueError(f"test_error: expected a number for a completed run, got {result.get('test_error')!r}")
     return result
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_history(path: Path) -> list[HistoryRow]:
@@ -334,7 +342,6 @@ def read_history(path: Path) -> list[HistoryRow]:
 # Facts of runs whose spec.json predates `facts`, derived from their config as that bnexp did: the
 # built-in datasets' classes then, and the normalisation the older batch_norm switches chose.
 _OLDER_BUILTIN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
-_MOVING_STATISTICS = ("batch", "batch_renorm")  # the kinds PreciseBN recomputes statistics for
 
 
 def _older_facts(config: dict) -> RunFacts:
@@ -352,9 +359,9 @@ def _older_facts(config: dict) -> RunFacts:
     elif kind == "batch" and batch_norm.get("renorm", False):
         kind = "batch_renorm"
     precise = batch_norm.get("precise_stats", 0)
-    if kind not in _MOVING_STATISTICS or not isinstance(precise, int) or isinstance(precise, bool):
+    if kind not in WITH_MOVING_STATISTICS or not isinstance(precise, int) or isinstance(precise, bool):
         precise = 0
-    return RunFacts(norm=kind, norm_groups=norm.get("groups", 32) if kind == "group" else None,
+    return RunFacts(norm=kind, norm_groups=norm.get("groups", DEFAULT_GROUPS) if kind == "group" else None,
                     precise_stats=precise, builder=section("model").get("builder"),
                     num_classes=_OLDER_BUILTIN_CLASSES.get(str(section("data").get("dataset", ""))))
 

@@ -146,8 +146,9 @@ def test_steps_to_a_validation_target_use_the_step_evaluations(tmp_path):
     assert set(by_loss[by_loss.arm == "bn"].step) == {50.0}
     section = sections._steps_section(exp, {"no_bn": "b", "bn": "r"}, "val_accuracy", 0.85)
     assert row(section.tables[0].display, arm="bn")["speed-up vs no_bn"] == "3.00×"
-    # both seeds 150 against 50: a geometric mean of 3 with no spread
-    assert row(section.tables[0].display, arm="bn")["paired speed-up [95% CI]"] == "3.00× [3.00, 3.00] (2 pairs)"
+    # both seeds 150 against 50: a geometric mean of 3 with no spread, so no interval (issue 16)
+    assert row(section.tables[0].display, arm="bn")["paired speed-up [95% CI]"] == \
+        "3.00× (2 pairs, the same ratio in each: no interval)"
     assert "every train.eval_every_steps steps, for the 4 run(s) that made them" in section.explanation
 
 

@@ -179,11 +179,12 @@ def test_diverged_partner_counts_as_a_loss_and_leaves_the_interval(tmp_path):
     assert paired.note == "1 pair(s) excluded: no_bn diverged (bn wins)"
 
 
-def test_identical_differences_give_a_zero_width_interval_and_no_test(tmp_path):
+def test_identical_differences_give_no_interval_and_no_test(tmp_path):
     path = lr_sweep(tmp_path, {(0.01, "no_bn"): [0.25, 0.5], (0.01, "bn"): [0.125, 0.375]})
     exp = report.load_experiment(path)
     paired = row(tables.paired_table(exp.runs, exp.sweep_keys, exp.arms, "no_bn"), arm="bn")
-    assert (paired.ci_low, paired.ci_high) == (-0.125, -0.125)
+    # issue 16: a zero-width interval at -0.125 would "exclude 0" with no spread to show it
+    assert paired.diff_mean == -0.125 and math.isnan(paired.ci_low) and math.isnan(paired.ci_high)
     assert math.isnan(paired.p_value)
     assert paired.note == "same difference in every seed: no test"
 

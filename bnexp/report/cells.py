@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from bnexp.config import keypaths
@@ -26,10 +27,14 @@ def point_label(values: dict) -> str:
 
 
 def fmt(value, spec: str, scale: float = 1.0, empty: str = "–") -> str:
-    """`value * scale` in format `spec`; `empty` for a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """`value * scale` in format `spec`; `empty` for a missing value. A value that rounds to zero
+    is written without a sign: "-0.00" would claim a direction the digits do not show."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return empty
-    return format(value * scale, spec)
+    text = format(value * scale, spec)
+    if not any(digit in text for digit in "123456789") and "n" not in text:  # not inf or nan
+        text = text.lstrip("+-")
+    return text
 
 
 def pct(value) -> str:

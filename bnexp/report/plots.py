@@ -16,7 +16,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from bnexp.report.load import is_number
 from bnexp.config.keypaths import LEARNING_RATE_KEY, short_key
 from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS, is_accuracy
-from bnexp.report.cells import point_label, value_label
+from bnexp.report.cells import fmt, point_label, pp, value_label
 
 REFERENCE_COLOUR = "#4c72b0"
 ARM_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -233,7 +233,7 @@ def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, refer
     cmap = colormaps["RdBu_r"].with_extremes(bad="#e0e0e0")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
     for (iy, ix), value in np.ndenumerate(grid):
-        text = f"{value:+.2f}" if not np.isnan(value) else notes.get((iy, ix), "n/a")
+        text = fmt(value, "+.2f") if not np.isnan(value) else notes.get((iy, ix), "n/a")
         ax.text(ix, iy, text, ha="center", va="center", fontsize="small",
                 color="white" if not np.isnan(value) and abs(value) > 0.6 * limit else "black")
     ax.set_xticks(range(len(xs)), [value_label(v) for v in xs])
@@ -247,7 +247,8 @@ def plot_advantage(paired: pd.DataFrame, x_key: str, y_key: str, arm: str, refer
 def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: dict[str, str],
                target: str) -> tuple[Figure, int]:
     """Grouped bars: mean steps to the target per sweep point and arm, range over seeds as
-    error bars; arms that never reached it are labelled. Returns the figure and points left out."""
+    error bars, and reached/runs above each bar; arms that never reached it are labelled. Returns the
+    figure and points left out."""
     points = list(dict.fromkeys(tuple(row) for row in table[keys].itertuples(index=False))) if keys else [()]
     left_out = max(0, len(points) - MAX_BAR_GROUPS)
     points = points[:MAX_BAR_GROUPS]
@@ -267,8 +268,9 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
             row = rows.iloc[0]
             x = j + (i - (len(arms) - 1) / 2) * width
             if row.reached == 0:
-                ax.text(x, 0, "not reached", rotation=90, ha="center", va="bottom", fontsize="x-small",
-                        color=colours[arm])
+                unfinished = row.get("not_yet", 0) == row.runs
+                ax.text(x, 0, "not reached yet" if unfinished else "not reached", rotation=90, ha="center",
+                        va="bottom", fontsize="x-small", color=colours[arm])
                 # An empty bar, so an arm that never reached the target still has its legend entry.
                 ax.bar(x, 0, width, color=colours[arm], label=None if arm in labelled else arm)
                 labelled.add(arm)
@@ -276,7 +278,11 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
             err = [[row.step_mean - row.step_min], [row.step_max - row.step_mean]]
             ax.bar(x, row.step_mean, width, color=colours[arm], yerr=err, capsize=3,
                    label=None if arm in labelled else arm)
+            # How many seeds the mean stands for: 1/5 and 5/5 draw the same bar.
+            ax.annotate(f"{row.reached}/{row.runs}", (x, row.step_max), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom", fontsize="x-small", color=colours[arm])
             labelled.add(arm)
+    ax.margins(y=0.12)  # room above the tallest bar for its reached/runs label
     labels = [", ".join(value_label(v) for v in point) for point in points]
     # About 0.07 inch per character of tick label at the default font size.
     axes_width = fig.get_size_inches()[0] - 1 - _legend_width(arms)
@@ -284,7 +290,7 @@ def plot_steps(table: pd.DataFrame, keys: list[str], arms: list[str], colours: d
     ax.set_xticks(range(len(points)), labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlim(-0.5, len(points) - 0.5)  # the "not reached" labels of the outer arms stay inside
     ax.set(xlabel=", ".join(short_key(key) for key in keys), ylabel="optimizer steps to target",
-           title=f"Steps until {target} (mean; bars: range over seeds)")
+           title=f"Steps until {target} (mean; bars: range over seeds; reached/runs above)")
     ax.grid(axis="y", alpha=0.3)
     if labelled:  # beside the axes: inside, it covered the bars
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -332,7 +338,7 @@ def _forest_numbers(row) -> str:
     """The figures beside a forest-plot row: mean [interval], or why there is no interval."""
     if row.pairs == 0:
         return "no pairs"
-    mean = f"{row.diff_mean * 100:+.2f}"
+    mean = pp(row.diff_mean)
     if np.isnan(row.ci_low):
-        return f"{mean}, no CI (1 pair)"
-    return f"{mean} [{row.ci_low * 100:+.2f}, {row.ci_high * 100:+.2f}]"
+        return f"{mean}, no CI (1 pair)" if row.pairs == 1 else f"{mean}, no CI (same in every pair)"
+    return f"{mean} [{pp(row.ci_low)}, {pp(row.ci_high)}]"

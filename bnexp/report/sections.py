@@ -70,14 +70,16 @@ def _test_error_section(exp: Experiment, colours: dict) -> Section:
 
 def _paired_section(exp: Experiment) -> Section:
     keys, ref = exp.sweep_keys, exp.reference_arm
-    raw = tables.paired_table(exp.runs, keys, exp.arms, ref)
+    raw = tables.paired_table(exp.runs, keys, exp.arms, ref, exp.seeds)
     section = Section(
         "paired", f"Paired difference against {ref}",
         f"Each arm's test error minus {ref}'s, paired by seed at the same sweep point (negative: the arm "
         f"has the lower error). Mean over the pairs where both runs completed; 95% confidence interval "
         f"of the mean difference from the t distribution with pairs − 1 degrees of freedom; p-value of "
         f"a two-sided paired t-test (scipy.stats.ttest_rel). Wins count the seeds where the arm had the "
-        f"lower error; a completed run beats a diverged one.",
+        f"lower error, in this order: a run that trained (completed above chance) beats one at chance or "
+        f"diverged; a run at chance and a diverged one both failed to train, so neither wins (the note counts "
+        f"such pairs).",
     )
     if raw.empty:
         section.notes.append(f"No arm to compare with {ref}.")
@@ -88,15 +90,21 @@ def _paired_section(exp: Experiment) -> Section:
             return "–"
         if row.pairs == 1:
             return "no interval (1 seed)"
+        if math.isnan(row.ci_low):
+            return "no interval: same difference in every seed"
         return f"[{pp(row.ci_low)}, {pp(row.ci_high)}]"
 
     def needed(row) -> str:
         if row.pairs < 2:
             return "–"
+        if math.isnan(row.ci_low):
+            return "unknown (no spread)"
         if row.ci_low > 0 or row.ci_high < 0:
             return "already does"
         if abs(row.diff_mean) <= tables.SAME_DIFFERENCE:
             return "never (mean 0)"
+        if math.isinf(row.seeds_needed):
+            return f"more than {tables.MAX_SEEDS_NEEDED:,}"
         return f"{row.seeds_needed:,.0f} seeds"
 
     tested = int(raw.p_value.notna().sum())
@@ -107,7 +115,9 @@ def _paired_section(exp: Experiment) -> Section:
             f"them, Benjamini-Hochberg's the expected share of false positives among those called significant.")
     section.explanation += (
         " Seeds for a CI without 0: how many seed pairs the 95% interval would need to exclude 0 if the "
-        "differences kept their observed mean and sd.")
+        f"differences kept their observed mean and sd (past {tables.MAX_SEEDS_NEEDED:,}: more than that). When "
+        "every pair gives the same difference (test errors are multiples of 1/test size) there is no spread, "
+        "so no interval, test or seed count: the cell says so.")
     display = pd.DataFrame({
         **key_columns(raw, keys), "comparison": raw.arm + " − " + raw.reference,
         "pairs": raw.pairs.map(count), "mean diff. (pp)": raw.diff_mean.map(pp),
@@ -118,7 +128,7 @@ def _paired_section(exp: Experiment) -> Section:
         "wins": [f"{w} of {d}" for w, d in zip(raw.wins, raw.decided)], "note": raw.note,
     })
     section.tables.append(Table("paired_difference", "Paired difference", raw, display))
-    if raw.ci_low.notna().any():  # dots alone (one seed per point) say no more than the table
+    if (raw.pairs > 1).any():  # dots alone (one seed per point) say no more than the table
         colours = plots.arm_colours(exp.arms, ref)
         figure, left_out = plots.plot_forest(raw, keys, colours, ref)
         section.figures.append(Plot.of(
@@ -168,11 +178,10 @@ def _curves_section(exp: Experiment, colours: dict) -> Section:
 
 def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: float | None) -> Section:
     keys, ref = exp.sweep_keys, exp.reference_arm
-    target = tables.resolve_target(exp.runs, exp.history, keys, ref, metric, value)
+    target = tables.target_or_reason(exp.runs, exp.history, keys, ref, metric, value)
     section = Section("steps", "Steps to target", "")
-    if target is None:
-        section.explanation = ("No target could be set: no completed run of the reference arm logged "
-                               f"{metric or 'validation accuracy'}. Give a target value.")
+    if not isinstance(target, tables.Target):
+        section.explanation = f"No target could be set: {target}. Give a target value (--target-value)."
         return section
     finer = " The training loss is also checked in the per-step log (train.log_every_steps)." \
         if target.metric == LOSS else ""
@@ -184,7 +193,9 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
         f"at which each run reaches it, checked at the end of every epoch.{finer} Speed-up: {ref}'s mean "
         f"steps divided by the arm's, over the runs that reached it (5.00× = five times fewer steps). Paired "
         f"speed-up: {ref}'s steps over the arm's for each seed where both reached it, their geometric mean "
-        f"and its 95% confidence interval (t interval of the mean log ratio)."
+        f"and its 95% confidence interval (t interval of the mean log ratio; none when every pair gives the "
+        f"same ratio). A run without a final result that has not reached the target is \"not reached yet\", "
+        f"not \"never reached\". The chart writes above each bar how many runs reached the target."
     )
     if target.metric not in exp.history or exp.history[target.metric].isna().all():
         section.notes.append(f"No run logged {target.metric}: every run shows as not reached.")
@@ -198,15 +209,17 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
     display = pd.DataFrame({
         **key_columns(raw, keys), "arm": raw.arm,
         "reached": [f"{r} of {n}" for r, n in zip(raw.reached, raw.runs)],
-        "steps (mean)": [s if r else "not reached" for s, r in zip(raw.step_mean.map(count), raw.reached)],
+        "steps (mean)": [s if r else "not reached yet" if n == y else "not reached"
+                         for s, r, n, y in zip(raw.step_mean.map(count), raw.reached, raw.runs, raw.not_yet)],
         "steps (range)": ranges, "epoch (mean)": raw.epoch_mean.map(lambda e: fmt(e, ".1f")),
         f"speed-up vs {ref}": [
             "" if arm == ref else fmt(s, ".2f", empty="–") + ("×" if not math.isnan(s) else "")
             for arm, s in zip(raw.arm, raw.speedup)
         ],
         "paired speed-up [95% CI]": [
-            "" if arm == ref or not n else f"{value:.2f}×" + (f" [{low:.2f}, {high:.2f}]" if n > 1 else "")
-            + f" ({n} pair{'s' if n > 1 else ''})"
+            "" if arm == ref or not n else f"{value:.2f}×" + (f" [{low:.2f}, {high:.2f}]" if not math.isnan(low) else "")
+            + f" ({n} pair{'s' if n > 1 else ''}"
+            + (", the same ratio in each: no interval)" if n > 1 and math.isnan(low) else ")")
             for arm, n, value, low, high in zip(raw.arm, raw.speedup_pairs, raw.speedup_paired,
                                                 raw.speedup_ci_low, raw.speedup_ci_high)
         ],
@@ -216,7 +229,7 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
     section.tables.append(Table("steps_to_target", "Steps to target", raw, display))
     section.tables.append(Table("steps_to_target_runs", "Steps to target per run", per_run_raw, pd.DataFrame()))
     figure, left_out = plots.plot_steps(raw, keys, exp.arms, colours, target.describe())
-    section.figures.append(Plot.of(figure, "steps_to_target", f"Optimizer steps until {target.describe()}"))
+    section.figures.append(Plot.of(figure, "steps_to_target", f"Optimizer steps until {target.describe()}: mean over the runs that reached it, the range over them as the error bar, and above each bar how many of the arm's runs reached it (reached/runs)"))
     if left_out:
         section.notes.append(f"The chart shows the first {plots.MAX_BAR_GROUPS} sweep points; the table has all.")
     return section
@@ -321,6 +334,7 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
         more = f" and {len(points) - 4} more" if len(points) > 4 else ""
         return " (at " + "; ".join(points[:4]) + more + ")"
 
+    tests = int(paired.p_value.notna().sum()) if not paired.empty else 0
     for arm in exp.arms:
         if arm == ref:
             continue
@@ -338,17 +352,7 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
                     f"{int((rows.diff_mean < 0).sum())} of {len(rows)} sweep point(s)")
         else:
             text = f"{arm} vs {ref}: mean test-error difference {pp(rows.diff_mean.iloc[0])} pp"
-        tested = rows[rows.ci_low.notna()]
-        if tested.empty:
-            text += f"; one seed{' per point' if keys else ''}: no confidence interval."
-        elif keys:
-            text += (f"; the 95% CI is below 0 (in {arm}'s favour) at {int((tested.ci_high < 0).sum())} and "
-                     f"above 0 at {int((tested.ci_low > 0).sum())} of the {len(tested)} with 2+ seeds.")
-        else:
-            row = tested.iloc[0]
-            verdict = "includes 0" if row.ci_low <= 0 <= row.ci_high else "excludes 0"
-            text += (f", 95% CI [{pp(row.ci_low)}, {pp(row.ci_high)}] pp ({verdict}), paired t-test "
-                     f"p = {p_value_text(row.p_value)}; {arm} won {row.wins} of {row.decided} seeds.")
+        text += _significance(rows, arm, ref, bool(keys), tests)
         section.bullets.append(text)
     for arm in exp.arms:
         rows = stability[stability.arm == arm] if not stability.empty else stability
@@ -364,6 +368,42 @@ def _summary_section(exp: Experiment, paired: pd.DataFrame, stability: pd.DataFr
         section.bullets.append(f"{unfinished} of {exp.planned} planned runs are missing, failed or still "
                                "running: see “Missing and incomplete runs”.")
     return section
+
+
+def _significance(rows: pd.DataFrame, arm: str, ref: str, swept: bool, tests: int) -> str:
+    """The end of an arm's summary line: what the paired table's intervals and p-values say, with
+    the Holm-adjusted p-values of its p (Holm) column wherever the table holds several tests."""
+    tested = rows[rows.p_value.notna()]
+    flat = rows[(rows.pairs > 1) & rows.p_value.isna()]
+    single = rows[rows.pairs == 1]
+    if not swept:
+        row = rows.iloc[0]
+        if not tested.empty:
+            verdict = "includes 0" if row.ci_low <= 0 <= row.ci_high else "excludes 0"
+            text = f", 95% CI [{pp(row.ci_low)}, {pp(row.ci_high)}] pp ({verdict}), paired t-test p = {p_value_text(row.p_value)}"
+            if tests > 1:
+                text = (f", 95% CI [{pp(row.ci_low)}, {pp(row.ci_high)}] pp (unadjusted), paired t-test p = "
+                        f"{p_value_text(row.p_value)}, Holm-adjusted over the table's {tests} tests p = "
+                        f"{p_value_text(row.p_holm)}")
+        elif not flat.empty:
+            text = ", the same in every seed: no interval or test"
+        else:
+            return "; one seed: no confidence interval."
+        return text + f"; {arm} won {row.wins} of {row.decided} seeds."
+    if tested.empty and flat.empty:
+        return "; one seed per point: no confidence interval."
+    parts = []
+    if not tested.empty:
+        significant = tested[tested.p_holm < 0.05]
+        parts.append(
+            f"Holm-adjusted p < 0.05 (the table's p (Holm), over its {tests} tests) at {len(significant)} of the "
+            f"{len(tested)} point(s) with an interval: {int((significant.diff_mean < 0).sum())} in {arm}'s favour, "
+            f"{int((significant.diff_mean > 0).sum())} in {ref}'s")
+    if not flat.empty:
+        parts.append(f"{len(flat)} point(s) with the same difference in every seed: no interval or test")
+    if not single.empty:
+        parts.append(f"{len(single)} point(s) with one seed: no interval")
+    return "; " + "; ".join(parts) + "."
 
 
 def header_facts(exp: Experiment) -> list[tuple[str, str]]:

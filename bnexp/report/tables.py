@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 
 from bnexp.config.keypaths import LEARNING_RATE_KEY
 from bnexp.report.cells import point_label
-from bnexp.report.load import Experiment, final_values, is_number
+from bnexp.report.load import Experiment, chance_threshold, final_values, is_number
 from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, INCOMPLETE, RUNNING, STATUS_TEXTS, UNFINISHED
 
@@ -34,6 +35,12 @@ DEFAULT_LOSS_FACTOR = 1.1
 ADJUSTMENTS = {"p_holm": "holm", "p_bh": "fdr_bh"}
 # Test errors closer than this are float round-off of the same value (0.1 - 0.1 after averaging).
 SAME_DIFFERENCE = 1e-12
+# Past this many seed pairs "seeds for a CI without 0" is no plan anyone would follow: seeds_needed
+# gives inf ("more than 1,000" on the page) instead of counting on to astronomical numbers.
+MAX_SEEDS_NEEDED = 1000
+# How a pair of runs ranks for `wins`: a run that trained (completed above chance) beats one that
+# did not; two that trained are ranked by test error; a run at chance and a diverged one both
+# failed to train, so neither wins against the other (nor two at chance, nor two diverged).
 
 
 def _point_columns(group: pd.DataFrame, keys: list[str]) -> dict:
@@ -85,11 +92,11 @@ def _paired_stats(arm_errors: np.ndarray, reference_errors: np.ndarray) -> dict:
     if n == 1:
         return out
     out["diff_sd"] = diffs.std(ddof=1)
-    out["seeds_needed"] = seeds_needed(out["diff_mean"], out["diff_sd"])
-    # Identical differences have no spread: the t statistic is undefined (scipy warns).
+    # Identical differences have no spread: no interval, no test (the t statistic is undefined), and
+    # no number of seeds that a zero sd would make "enough".
     if np.allclose(diffs, diffs[0], rtol=0, atol=SAME_DIFFERENCE):
-        out["ci_low"] = out["ci_high"] = out["diff_mean"]
         return out
+    out["seeds_needed"] = seeds_needed(out["diff_mean"], out["diff_sd"])
     test = sps.ttest_rel(arm_errors, reference_errors)
     interval = test.confidence_interval(CONFIDENCE)
     out.update(ci_low=interval.low, ci_high=interval.high, p_value=test.pvalue)
@@ -99,16 +106,17 @@ def _paired_stats(arm_errors: np.ndarray, reference_errors: np.ndarray) -> dict:
 def seeds_needed(mean: float, sd: float) -> float:
     """The fewest seed pairs whose 95% interval would exclude zero if the paired differences kept
     this mean and sample sd: the smallest n >= 2 with t(0.975, n - 1) * sd / sqrt(n) < |mean|.
-    NaN when the mean is 0 (no number of seeds would do) or the sd is unknown."""
-    if np.isnan(sd) or abs(mean) <= SAME_DIFFERENCE:
+    NaN when the mean is 0 (no number of seeds would do) or the sd is unknown; inf when it is more
+    than MAX_SEEDS_NEEDED."""
+    if np.isnan(sd) or np.isnan(mean) or abs(mean) <= SAME_DIFFERENCE:
         return np.nan
     quantile = (1 + CONFIDENCE) / 2
     # The normal quantile is below every t quantile, so its n is a lower bound; t shrinks towards
     # it as n grows, so a few steps up from there reach the answer.
     n = max(2, math.ceil((sps.norm.ppf(quantile) * sd / abs(mean)) ** 2))
-    while sps.t.ppf(quantile, float(n - 1)) * sd / math.sqrt(n) >= abs(mean):
+    while n <= MAX_SEEDS_NEEDED and sps.t.ppf(quantile, float(n - 1)) * sd / math.sqrt(n) >= abs(mean):
         n += 1
-    return float(n)
+    return float(n) if n <= MAX_SEEDS_NEEDED else np.inf
 
 
 def adjust_p_values(p_values: pd.Series) -> pd.DataFrame:
@@ -121,13 +129,17 @@ def adjust_p_values(p_values: pd.Series) -> pd.DataFrame:
     return adjusted
 
 
-def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference: str) -> pd.DataFrame:
+def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference: str,
+                 seeds: Sequence[int] = ()) -> pd.DataFrame:
     """Each arm's test error minus the reference arm's, paired by seed within a sweep point.
 
-    Only pairs where both runs completed enter the mean, interval and test. A pair where one
-    run diverged and the other completed counts as a win for the completed one; both diverged
-    is a draw. `wins` counts the arm's wins, `decided` the pairs with a winner or a tie. The
-    p-values are also adjusted (ADJUSTMENTS) over the whole table: every sweep point and arm.
+    Only pairs where both runs completed enter the mean, interval and test. `wins` counts the pairs
+    the arm won, `decided` those with a winner or a tie, in this order: a run that trained (completed
+    above chance) beats one that did not; two that trained are ranked by test error; a run at chance
+    and a diverged one both failed to train, so such a pair (and two at chance, two diverged) has
+    no winner and is counted apart in the note. The p-values are also adjusted (ADJUSTMENTS) over
+    the whole table: every sweep point and arm. `seeds` are the planned seeds: one with no readable
+    run at a point (pending or damaged) counts among the seeds without two finished runs.
     """
     rows = []
     for _, group in runs.groupby("point_id", sort=True):
@@ -138,32 +150,37 @@ def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference
             other = group[group.arm == arm].drop_duplicates("seed").set_index("seed")
             if other.empty and ref.empty:
                 continue
-            seeds = sorted(set(ref.index) | set(other.index))
+            point_seeds = sorted({s for s in seeds if is_number(s)} | set(ref.index) | set(other.index))
             arm_err, ref_err, notes = [], [], []
             wins = decided = 0
-            ref_diverged = arm_diverged = both_diverged = unpaired = 0
-            for seed in seeds:
+            ref_diverged = arm_diverged = both_diverged = both_at_chance = chance_and_diverged = unpaired = 0
+            for seed in point_seeds:
                 if seed not in ref.index or seed not in other.index:
                     unpaired += 1
                     continue
                 a, r = other.loc[seed], ref.loc[seed]
-                if a.status == COMPLETED and r.status == COMPLETED and pd.notna(a.test_error) \
-                        and pd.notna(r.test_error):
+                if a.status not in FINAL_STATUSES or r.status not in FINAL_STATUSES \
+                        or (a.status == COMPLETED and pd.isna(a.test_error)) \
+                        or (r.status == COMPLETED and pd.isna(r.test_error)):
+                    unpaired += 1
+                    continue
+                if a.status == COMPLETED and r.status == COMPLETED:
                     arm_err.append(a.test_error)
                     ref_err.append(r.test_error)
-                    decided += 1
-                    wins += int(a.test_error < r.test_error)
-                elif a.status == COMPLETED and r.status == DIVERGED:
-                    ref_diverged += 1
-                    decided += 1
-                    wins += 1
-                elif a.status == DIVERGED and r.status == COMPLETED:
-                    arm_diverged += 1
-                    decided += 1
+                    if a.trained or r.trained:
+                        decided += 1
+                        wins += int(a.test_error < r.test_error if a.trained and r.trained else a.trained)
+                    else:
+                        both_at_chance += 1
                 elif a.status == DIVERGED and r.status == DIVERGED:
                     both_diverged += 1
+                elif not (a.trained or r.trained):
+                    chance_and_diverged += 1
                 else:
-                    unpaired += 1
+                    decided += 1
+                    wins += int(a.trained)
+                    ref_diverged += int(a.trained)
+                    arm_diverged += int(r.trained)
             stats = _paired_stats(np.array(arm_err, dtype=float), np.array(ref_err, dtype=float))
             if stats["pairs"] == 1:
                 notes.append("one seed: no interval or test")
@@ -173,6 +190,10 @@ def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference
                 notes.append(f"{ref_diverged} pair(s) excluded: {reference} diverged ({arm} wins)")
             if arm_diverged:
                 notes.append(f"{arm_diverged} pair(s) excluded: {arm} diverged ({reference} wins)")
+            if chance_and_diverged:
+                notes.append(f"{chance_and_diverged} pair(s) excluded: one diverged, the other is at chance (no winner)")
+            if both_at_chance:
+                notes.append(f"{both_at_chance} pair(s) both at chance (no winner)")
             if both_diverged:
                 notes.append(f"{both_diverged} pair(s) excluded: both diverged")
             if unpaired:
@@ -198,6 +219,8 @@ def parameter_table(runs: pd.DataFrame, keys: list[str], reference: str) -> pd.D
     two rows for one point and arm would show runs that disagree.
     """
     counts = ["trainable_params", "non_trainable_params"]
+    if not set(counts) <= set(runs.columns):  # no run has started: the loader has no result columns
+        return pd.DataFrame()
     counted = runs.dropna(subset=counts)
     if counted.empty:
         return pd.DataFrame()
@@ -236,11 +259,21 @@ class Target:
 
 def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], reference: str,
                    metric: str | None, value: float | None) -> Target | None:
-    """The target to use: the one given, or the default derived from the reference arm.
+    """The target to use (see target_or_reason); None when there is none."""
+    target = target_or_reason(runs, history, keys, reference, metric, value)
+    return target if isinstance(target, Target) else None
+
+
+def target_or_reason(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], reference: str,
+                     metric: str | None, value: float | None) -> Target | str:
+    """The target to use: the one given, or the default derived from the reference arm; else why
+    there is none.
 
     The default metric is val_accuracy (accuracy when no run has a validation split); the
     default value is 90% of the reference arm's best mean final accuracy over sweep points
-    (1.1x its best mean final loss for a loss metric). None when nothing can be derived.
+    (1.1x its best mean final loss for a loss metric). A default a model at chance meets (an
+    accuracy at or below the stability table's chance line, a loss at or above ln K, the loss of
+    guessing uniformly among K classes) is no target: every run would reach it at once.
     """
     if metric is None:
         metric = DEFAULT_TARGET_METRIC
@@ -250,13 +283,14 @@ def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], r
         raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
     if value is not None:
         return Target(metric, float(value), "given")
+    no_default = f"no completed run of the reference arm {reference} logged {metric}"
     if metric not in history:
-        return None
+        return no_default
     final = final_values(history)
     done = runs[(runs.arm == reference) & (runs.status == COMPLETED)]
     done = done.assign(final=final[metric].reindex(done.run_id).to_numpy()).dropna(subset=["final"])
     if done.empty:
-        return None
+        return no_default
     means = done.groupby("point_id").final.mean()
     higher = is_accuracy(metric)
     best_point = means.idxmax() if higher else means.idxmin()
@@ -266,9 +300,20 @@ def resolve_target(runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], r
     if higher:
         how = (f"{DEFAULT_ACCURACY_FRACTION:.0%} of {reference}'s best mean final {metric}, "
                f"{best:.4g}{' at ' + at if at else ''}")
-        return Target(metric, DEFAULT_ACCURACY_FRACTION * best, how)
-    how = f"{DEFAULT_LOSS_FACTOR}x {reference}'s best mean final {metric}, {best:.4g}{' at ' + at if at else ''}"
-    return Target(metric, DEFAULT_LOSS_FACTOR * best, how)
+        target = Target(metric, DEFAULT_ACCURACY_FRACTION * best, how)
+    else:
+        how = f"{DEFAULT_LOSS_FACTOR}x {reference}'s best mean final {metric}, {best:.4g}{' at ' + at if at else ''}"
+        target = Target(metric, DEFAULT_LOSS_FACTOR * best, how)
+    classes = pd.to_numeric(done.num_classes, errors="coerce").dropna().unique()
+    if len(classes) != 1 or classes[0] < 2:
+        return target
+    k = int(classes[0])
+    chance = chance_threshold(k) if higher else math.log(k)
+    if (target.value <= chance) if higher else (target.value >= chance):
+        return (f"the default target, {target.describe()} ({how}), is at chance level for {k} classes "
+                f"({metric} {'<=' if higher else '>='} {chance:.4g}), which a network that learned nothing meets: "
+                f"no target; give one with --target-value")
+    return target
 
 
 def _first_reached(values: pd.Series, steps: pd.Series, target: Target) -> float:
@@ -316,7 +361,9 @@ def steps_per_run(runs: pd.DataFrame, history: pd.DataFrame, step_losses: pd.Dat
 def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms: list[str],
                 reference: str) -> pd.DataFrame:
     """Mean steps and epochs to the target per sweep point and arm, and the speed-up over the
-    reference arm: the reference's mean steps divided by the arm's (5.0 = five times fewer)."""
+    reference arm: the reference's mean steps divided by the arm's (5.0 = five times fewer).
+    `not_yet` counts the runs without a final result that have not reached it so far: unfinished,
+    not "never reached"."""
     if per_run.empty:
         return pd.DataFrame()
     rows = []
@@ -328,8 +375,10 @@ def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms
             if group.empty:
                 continue
             reached = group[group.reached]
+            unfinished = ~group.reached & ~group.status.isin(FINAL_STATUSES)
             point_rows.append({
                 **_point_columns(point, keys), "arm": arm, "runs": len(group), "reached": len(reached),
+                "not_yet": int(unfinished.sum()),
                 "step_mean": reached.step.mean(), "step_min": reached.step.min(),
                 "step_max": reached.step.max(), "epoch_mean": reached.epoch.mean(),
                 "diverged_later": int((reached.status == DIVERGED).sum()),
@@ -342,8 +391,12 @@ def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms
             arm_steps = point[(point.arm == row["arm"]) & point.reached].set_index("seed").step
             row.update(paired_speedup(ref_steps, arm_steps) if row["arm"] != reference else paired_speedup([], []))
             notes = []
-            if row["reached"] < row["runs"]:
-                notes.append(f"{row['runs'] - row['reached']} of {row['runs']} runs never reached it")
+            never = row["runs"] - row["reached"] - row["not_yet"]
+            if never:
+                notes.append(f"{never} of {row['runs']} runs never reached it")
+            if row["not_yet"]:
+                notes.append(f"{row['not_yet']} of {row['runs']} runs not reached yet (unfinished: still "
+                             "training, interrupted or failed)")
             if row["arm"] != reference and np.isnan(ref_mean) and row["reached"]:
                 notes.append(f"no {reference} run reached it: no ratio")
             if row["diverged_later"]:
@@ -356,14 +409,16 @@ def steps_table(runs: pd.DataFrame, per_run: pd.DataFrame, keys: list[str], arms
 def paired_speedup(reference_steps: pd.Series, arm_steps: pd.Series) -> dict:
     """The reference's steps over the arm's, paired by seed among the seeds where both reached the target:
     their geometric mean and its 95% interval (a t interval of the mean log ratio, which treats 2x
-    faster and 2x slower alike); NaN where fewer than one (interval: two) pairs reached it."""
+    faster and 2x slower alike); NaN where fewer than one pair reached it, and no interval with
+    fewer than two pairs or the same ratio in every pair."""
     pairs = pd.concat([pd.Series(reference_steps), pd.Series(arm_steps)], axis=1, join="inner").dropna()
     out = {"speedup_pairs": len(pairs), "speedup_paired": np.nan, "speedup_ci_low": np.nan, "speedup_ci_high": np.nan}
     if pairs.empty:
         return out
     logs = np.log(pairs.iloc[:, 0].to_numpy() / pairs.iloc[:, 1].to_numpy())
     out["speedup_paired"] = math.exp(logs.mean())
-    if len(logs) > 1:
+    # The same ratio in every seed (steps counted at epoch ends often are) has no spread: no interval.
+    if len(logs) > 1 and not np.allclose(logs, logs[0], rtol=0, atol=SAME_DIFFERENCE):
         spread = sps.sem(logs) * sps.t.ppf((1 + CONFIDENCE) / 2, len(logs) - 1)
         out.update(speedup_ci_low=math.exp(logs.mean() - spread), speedup_ci_high=math.exp(logs.mean() + spread))
     return out
@@ -453,7 +508,7 @@ def report_tables(exp: Experiment, target_metric: str | None = None,
     per_run = steps_per_run(runs, exp.history, exp.step_losses, target, exp.step_evals) if target else pd.DataFrame()
     return {
         "test_error": test_error_table(runs, keys),
-        "paired_difference": paired_table(runs, keys, exp.arms, ref),
+        "paired_difference": paired_table(runs, keys, exp.arms, ref, exp.seeds),
         "steps_to_target": steps_table(runs, per_run, keys, exp.arms, ref),
         "steps_to_target_runs": steps_runs_table(runs, per_run, keys) if not per_run.empty else pd.DataFrame(),
         "stability": stability_table(runs, keys),
