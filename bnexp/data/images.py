@@ -104,6 +104,9 @@ def scan_images(folder: Path, key: str, training: Path | None = None) -> dict[st
             ) if part)
             raise DataError(f"{folder}: {key}: the test folder's class subfolders differ from the training folder's "
                             f"({said}); give both folders the same class names")
+        if os.path.realpath(folder) == os.path.realpath(training):
+            raise DataError(f"{folder}: {key}: the training folder itself; a test image must not be trained on: give a "
+                            f"test folder of other images, or leave {key} out to hold out data.test_split of each class")
         shared = sorted(reals.keys() & training_reals.keys())
         if shared:
             raise DataError(f"{folder}: {key}: {len(shared)} image(s) of the training folder (e.g. {reals[shared[0]]} is "
