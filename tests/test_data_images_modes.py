@@ -282,8 +282,8 @@ def test_links_that_would_read_an_image_twice_are_refused(tmp_path, case):
     shades(pics / "dog", 3)
     test = None
     if case == "link loop":
-        (pics / "cat" / "again").symlink_to(pics / "cat")
-        message = f"{pics / 'cat' / 'again'}: the folder {pics / 'cat'} again (through a symbolic link); each image " \
+        (pics / "cat" / "again").symlink_to(pics)
+        message = f"{pics / 'cat' / 'again'}: the folder {pics} again (through a symbolic link); each image " \
                   f"must be read once, in one class: remove the link"
     elif case == "image in two classes":
         (pics / "dog" / "9.png").symlink_to(pics / "cat" / "0.png")
@@ -342,3 +342,22 @@ def test_classes_of_a_single_image_are_warned_about_in_plan_and_run(tmp_path):
     data = DataConfig(dataset="images", path=str(tmp_path / "pics"), image_size=(2, 2))
     assert describe_images(data, None).splitlines()[1] == f"warning: {warning}"
     assert warning in load_dataset(data, None).warnings
+
+
+def test_a_link_loop_stops_plan_with_one_line_not_an_unknown_run_id(tmp_path, cli):
+    import yaml
+
+    shades(tmp_path / "pics" / "cat", 3)
+    shades(tmp_path / "pics" / "dog", 3)
+    (tmp_path / "pics" / "dog" / "up").symlink_to(tmp_path / "pics")
+    config = tmp_path / "pics.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "pics", "seeds": [0], "model": {"dense": [4]},
+        "data": {"dataset": "images", "path": str(tmp_path / "pics"), "image_size": [2, 2]},
+        "train": {"epochs": 1, "batch_size": 2, "steps_per_execution": 1, "log_every_steps": 1},
+    }))
+    for command in ("plan", "run"):
+        out = cli(command, config)
+        assert (out.exit_code, out.output) == (2, (
+            f"Error: {tmp_path / 'pics' / 'dog' / 'up'}: the folder {tmp_path / 'pics'} again (through a symbolic "
+            f"link); each image must be read once, in one class: remove the link\n"))

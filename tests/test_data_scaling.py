@@ -121,9 +121,10 @@ def test_parts_stored_at_different_scales_are_refused_by_standardize_and_none(tm
 def test_values_beyond_float32_are_refused(tmp_path):
     stored = LEVELS * 1e37
     path = npz(tmp_path, stored)
-    assert refusal(path, "none") == (
-        f"{path}: values up to 2.55e+39 leave float32's range (about 3.4e38) with data.scaling: none; bnexp trains in "
-        f"float32: rescale them")
+    for scaling, key in (("none", "data.scaling: none"), (None, "data.scaling (unset, so none)")):
+        assert refusal(path, scaling) == (
+            f"{path}: values up to 2.55e+39 leave float32's range (about 3.4e38) with {key}; bnexp trains in "
+            f"float32: rescale them, or use data.scaling: standardize")
     assert np.isfinite(inputs(path, "standardize").x_train).all()
 
 

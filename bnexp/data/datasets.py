@@ -18,7 +18,7 @@ from bnexp.config.schema import DataConfig
 from bnexp.data.files import BUILTINS, Arrays, normalise, read_builtin, read_csv, read_npz
 from bnexp.data.images import (check_image_headers, folder_sha256, image_files, image_shape, read_images,
                                scan_images, single_image_warnings)
-from bnexp.data.scaling import apply, resolve, values
+from bnexp.data.scaling import apply, resolve, said, values
 from bnexp.errors import DataError
 
 
@@ -216,7 +216,8 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path
     x_train, x_val = x_pool[:split_at], x_pool[split_at:]
     y_train, y_val = y_pool[:split_at], y_pool[split_at:]
     warnings += [*_check_labels(name, classes, y_train, y_val, y_test), *scaling_warnings]
-    x_train, x_val, x_test = apply((x_train, x_val, x_test), scaling, (scales[0], scales[0], scales[-1]), name)
+    x_train, x_val, x_test = apply((x_train, x_val, x_test), scaling, (scales[0], scales[0], scales[-1]), name,
+                                     said(data.scaling, scaling))
     return Dataset(
         name=name,
         x_train=_frozen(x_train),

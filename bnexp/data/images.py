@@ -26,14 +26,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def image_files(folder: Path) -> dict[str, list[Path]]:
     """Each class subfolder's name (in Unicode NFC, sorted) -> its PNG/JPEG files, at any depth, sorted;
-    hidden entries (a leading dot) are skipped and symbolic links followed. DataError for what would
-    make a class ambiguous: one name in two Unicode forms, a folder or an image reached twice (through
-    links), a broken link. No other checks: the run id's fingerprint and the loader both start here."""
+    hidden entries (a leading dot) are skipped and symbolic links followed, each folder and image once.
+    No checks: the run id's fingerprint and the loader both start here (scan_images checks)."""
     return _list_images(folder)[0]
 
 
-def _list_images(folder: Path) -> tuple[dict[str, list[Path]], dict[str, Path]]:
-    """image_files, and each image's real path (links resolved) -> the path it was found under."""
+def _list_images(folder: Path) -> tuple[dict[str, list[Path]], dict[str, Path], list[str]]:
+    """image_files; each image's real path (links resolved) -> the path it was found under; and what
+    makes a class ambiguous, for scan_images to refuse: one name in two Unicode forms, a folder or an
+    image reached twice (through links), a broken link."""
     try:
         entries = sorted((entry for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")),
                          key=lambda entry: entry.name)
@@ -42,26 +43,30 @@ def _list_images(folder: Path) -> tuple[dict[str, list[Path]], dict[str, Path]]:
     # macOS writes folder names decomposed (NFD: 'e' + a combining accent), most other systems composed
     # (NFC): the class names are compared in NFC, so a test folder copied between them still matches.
     classes: dict[str, os.DirEntry] = {}
+    problems: list[str] = []
     for entry in entries:
         name = unicodedata.normalize("NFC", entry.name)
         if name in classes:
-            raise DataError(f"{folder}: class folders {ascii(classes[name].name)} and {ascii(entry.name)} are one "
+            problems.append(f"{folder}: class folders {ascii(classes[name].name)} and {ascii(entry.name)} are one "
                             f"name in two Unicode forms (NFC and NFD) that look the same; merge them into one folder")
+            continue
         classes[name] = entry
-    files, folders, reals = {}, {}, {}
+    files, folders, reals = {}, {os.path.realpath(folder): folder}, {}
     for name in sorted(classes):
         found: list[Path] = []
-        _walk(Path(classes[name].path), found, folders, reals)
+        _walk(Path(classes[name].path), found, folders, reals, problems)
         files[name] = sorted(found)
-    return files, reals
+    return files, reals, problems
 
 
-def _walk(folder: Path, found: list[Path], folders: dict[str, Path], reals: dict[str, Path]) -> None:
+def _walk(folder: Path, found: list[Path], folders: dict[str, Path], reals: dict[str, Path],
+          problems: list[str]) -> None:
     """Add folder's images at any depth to `found`; `folders` and `reals` hold the real paths read so far."""
     real = os.path.realpath(folder)
     if real in folders:
-        raise DataError(f"{folder}: the folder {folders[real]} again (through a symbolic link); each image must be "
+        problems.append(f"{folder}: the folder {folders[real]} again (through a symbolic link); each image must be "
                         f"read once, in one class: remove the link")
+        return
     folders[real] = folder
     try:
         # Directory entries say file, folder or link without a stat per file: listing 2,000 images takes a
@@ -73,18 +78,20 @@ def _walk(folder: Path, found: list[Path], folders: dict[str, Path], reals: dict
         if entry.name.startswith("."):
             continue
         if entry.is_dir():  # a link to a folder is followed
-            _walk(Path(entry.path), found, folders, reals)
+            _walk(Path(entry.path), found, folders, reals, problems)
         elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
             path = Path(entry.path)
             if entry.is_symlink():
                 if not path.exists():
-                    raise DataError(f"{path}: a broken symbolic link (to {os.readlink(path)}); fix or remove it")
+                    problems.append(f"{path}: a broken symbolic link (to {os.readlink(path)}); fix or remove it")
+                    continue
                 target = os.path.realpath(path)
             else:
                 target = os.path.join(real, entry.name)
             if target in reals:
-                raise DataError(f"{path}: the image {reals[target]} again (through a symbolic link); each image must "
-                                f"be read once, in one class: remove the link")
+                problems.append(f"{path}: the image {reals[target]} again (through a symbolic link); each image "
+                                f"must be read once, in one class: remove the link")
+                continue
             reals[target] = path
             found.append(path)
 
@@ -92,9 +99,11 @@ def _walk(folder: Path, found: list[Path], folders: dict[str, Path], reals: dict
 def scan_images(folder: Path, key: str, training: Path | None = None) -> dict[str, list[Path]]:
     """image_files, checked: at least two class subfolders, each with an image, and for a test folder
     (`training` given) the training folder's classes and none of its images."""
-    files, reals = _list_images(folder)
+    files, reals, problems = _list_images(folder)
+    if problems:
+        raise DataError(problems[0])
     if training is not None:
-        classes, training_reals = _list_images(training)
+        classes, training_reals, _ = _list_images(training)
         if tuple(files) != tuple(classes):
             missing = [name for name in classes if name not in files]
             extra = [name for name in files if name not in classes]

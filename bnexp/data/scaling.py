@@ -59,7 +59,7 @@ def resolve(scaling: str | None, dataset: str, parts: list[Values]) -> tuple[str
     """(the scaling to apply, each part's divisor for unit (else 1), warnings); DataError where the data
     does not look like what the scaling assumes."""
     chosen = scaling or _automatic(dataset, parts)
-    key = f"data.scaling: {chosen}" if scaling else f"data.scaling (unset, so {chosen})"
+    key = said(scaling, chosen)
     if chosen == "unit":
         # The built-in datasets' files are the published 8-bit ones: their full scale is known.
         return chosen, [_unit_scale(part, key, checked=dataset in ("npz", "csv", "images")) for part in parts], []
@@ -80,6 +80,11 @@ def resolve(scaling: str | None, dataset: str, parts: list[Values]) -> tuple[str
         for part in parts if scaling is None and _largest(part) > 255
     ]
     return chosen, [1] * len(parts), warnings
+
+
+def said(scaling: str | None, chosen: str) -> str:
+    """How messages name the scaling: as the user set it, or as bnexp picked it."""
+    return f"data.scaling: {chosen}" if scaling else f"data.scaling (unset, so {chosen})"
 
 
 def _automatic(dataset: str, parts: list[Values]) -> str:
@@ -116,7 +121,8 @@ def _unit_scale(part: Values, key: str, *, checked: bool) -> int:
     return scale
 
 
-def apply(parts: tuple[np.ndarray, ...], scaling: str, scales: tuple[int, ...], where: str) -> list[np.ndarray]:
+def apply(parts: tuple[np.ndarray, ...], scaling: str, scales: tuple[int, ...], where: str,
+          key: str) -> list[np.ndarray]:
     """Scale every part (unit: each by its scale), with statistics taken from the first, the training
     rows, only; DataError where a value leaves float32's range."""
     if scaling == "unit":
@@ -134,8 +140,8 @@ def apply(parts: tuple[np.ndarray, ...], scaling: str, scales: tuple[int, ...], 
             scaled = [part.astype(np.float32) for part in parts]
     if not all(np.isfinite(part).all() for part in scaled):
         largest = max(float(np.abs(part.astype(np.float64)).max()) for part in parts)
-        raise DataError(f"{where}: values up to {largest:.6g} leave float32's range (about 3.4e38) with data.scaling: "
-                        f"{scaling}; bnexp trains in float32: rescale them")
+        raise DataError(f"{where}: values up to {largest:.6g} leave float32's range (about 3.4e38) with {key}; bnexp "
+                        f"trains in float32: rescale them, or use data.scaling: standardize")
     return scaled
 
 
