@@ -361,3 +361,12 @@ def test_a_link_loop_stops_plan_with_one_line_not_an_unknown_run_id(tmp_path, cl
         assert (out.exit_code, out.output) == (2, (
             f"Error: {tmp_path / 'pics' / 'dog' / 'up'}: the folder {tmp_path / 'pics'} again (through a symbolic "
             f"link); each image must be read once, in one class: remove the link\n"))
+
+
+def test_a_truncated_16_bit_colour_png_is_one_line_without_tensorflow_internals(tmp_path):
+    def cut(path):
+        png(path, np.array(COLOURS_16), 16, 2)
+        path.write_bytes(path.read_bytes()[:60])  # the header is intact, the pixels are cut off
+
+    assert refused(tmp_path, cut) == (f"{tmp_path / 'train' / 'a' / '0.png'}: not a readable image (Invalid PNG data, "
+                                      f"size 60); replace or remove the file")

@@ -148,5 +148,5 @@ def test_a_csv_of_negative_features_is_refused_by_unit(tmp_path):
     with pytest.raises(DataError) as error:
         load_dataset(config, None)
     assert str(error.value) == (
-        f"{config.path}: data.scaling: unit divides intensities by their full scale, but these float32 values go "
+        f"{config.path}: data.scaling: unit divides intensities by their full scale, but these CSV values go "
         f"down to -100; use data.scaling: standardize (or none to keep them)")

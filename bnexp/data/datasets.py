@@ -193,7 +193,7 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path
     elif test is not None:
         stored = [values(name, arrays.x_train), values(str(test), arrays.x_test)]
     else:
-        stored = [values(name, arrays.x_train, arrays.x_test)]
+        stored = [values(name, arrays.x_train, arrays.x_test, stored="CSV" if data.dataset == "csv" else None)]
     scaling, scales, scaling_warnings = resolve(data.scaling, data.dataset, stored)
 
     x_pool = _first(arrays.x_train, data.train_subset, "data.train_subset", "training", name)

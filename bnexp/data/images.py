@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -284,8 +285,8 @@ def _decode_16_bit_png(path: Path, key) -> tuple[np.ndarray, bool]:
 
     try:
         pixels = tf.io.decode_png(path.read_bytes(), channels=0, dtype=tf.uint16).numpy()
-    except tf.errors.OpError as exc:
-        raise OSError(one_line(exc.message)) from None
+    except tf.errors.OpError as exc:  # its message names TensorFlow's graph node and op: only the reason is the user's
+        raise OSError(re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", one_line(exc.message)).strip()) from None
     if pixels.shape[-1] in (2, 4):
         transparent = bool((pixels[..., -1] < 65535).any())
         pixels = pixels[..., :-1]

@@ -36,12 +36,13 @@ class Values(NamedTuple):
     dtype: np.dtype
     low: float
     high: float
+    stored: str  # what messages call the values: their dtype, or "CSV" for a table bnexp read as float32
 
 
-def values(where: str, *arrays: np.ndarray) -> Values:
+def values(where: str, *arrays: np.ndarray, stored: str | None = None) -> Values:
     """The dtype and range of arrays read from one place (finite and non-empty: checked before)."""
     low, high = min(a.min() for a in arrays).item(), max(a.max() for a in arrays).item()
-    return Values(where, arrays[0].dtype, low, high)
+    return Values(where, arrays[0].dtype, low, high, stored or str(arrays[0].dtype))
 
 
 def full_scale(part: Values) -> int | None:
@@ -69,12 +70,12 @@ def resolve(scaling: str | None, dataset: str, parts: list[Values]) -> tuple[str
         if None not in scales and scales[0] != scales[1]:
             raise DataError(
                 f"{first.where}: {key} gives {_label(other)} the scale of {_label(first)}, but they are stored at "
-                f"different ones ({_label(first)}: {first.dtype} up to {_shown(first, first.high)}, full scale "
-                f"{scales[0]}; {_label(other)}: {other.dtype} up to {_shown(other, other.high)}, full scale {scales[1]}); "
+                f"different ones ({_label(first)}: {first.stored} up to {_shown(first, first.high)}, full scale "
+                f"{scales[0]}; {_label(other)}: {other.stored} up to {_shown(other, other.high)}, full scale {scales[1]}); "
                 f"store both at one scale, or use data.scaling: unit, which divides each by its own full scale"
             )
     warnings = [
-        f"{part.where}: {part.dtype} values reach {_shown(part, _largest(part))}, kept as they are (data.scaling unset "
+        f"{part.where}: {part.stored} values reach {_shown(part, _largest(part))}, kept as they are (data.scaling unset "
         f"keeps values that do not look like intensities); inputs this large train poorly: set data.scaling: "
         f"standardize, or none to keep them"
         for part in parts if scaling is None and _largest(part) > 255
@@ -103,17 +104,17 @@ def _intensities(part: Values) -> bool:
 def _unit_scale(part: Values, key: str, *, checked: bool) -> int:
     scale = full_scale(part)
     if part.low < 0:
-        raise DataError(f"{part.where}: {key} divides intensities by their full scale, but these {part.dtype} values "
+        raise DataError(f"{part.where}: {key} divides intensities by their full scale, but these {part.stored} values "
                         f"go down to {_shown(part, part.low)}; use data.scaling: standardize (or none to keep them)")
     if scale is None:
         raise DataError(
-            f"{part.where}: {key} has no full scale for {part.dtype} values up to {_shown(part, part.high)} (it divides "
+            f"{part.where}: {key} has no full scale for {part.stored} values up to {_shown(part, part.high)} (it divides "
             f"bool by 1, uint8 and other values within 0..255 by 255, uint16 by 65535, floats within [0, 1] by 1); "
             f"store them as uint16 if 65535 is their full scale, or use data.scaling: standardize"
         )
     if checked and scale > 1 and part.high * 16 <= scale:
         raise DataError(
-            f"{part.where}: {key} divides these {part.dtype} values by {scale}, but they reach only "
+            f"{part.where}: {key} divides these {part.stored} values by {scale}, but they reach only "
             f"{_shown(part, part.high)} (inputs within [0, {part.high / scale:.2g}]); use data.scaling: standardize, "
             f"or store them at their type's full scale (bool for 0/1, uint8 for 0..255, uint16 for 0..65535) or as "
             f"floats within [0, 1]"
