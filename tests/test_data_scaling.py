@@ -150,3 +150,9 @@ def test_a_csv_of_negative_features_is_refused_by_unit(tmp_path):
     assert str(error.value) == (
         f"{config.path}: data.scaling: unit divides intensities by their full scale, but these CSV values go "
         f"down to -100; use data.scaling: standardize (or none to keep them)")
+
+
+def test_values_too_large_to_standardize_are_refused_not_zeroed(tmp_path):
+    path = npz(tmp_path, LEVELS * 1e300)
+    assert refusal(path, "standardize") == (
+        f"{path}: values up to 2.55e+302 are too large to standardize (their squares overflow float64); rescale them")

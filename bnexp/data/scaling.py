@@ -131,19 +131,25 @@ def apply(parts: tuple[np.ndarray, ...], scaling: str, scales: tuple[int, ...], 
     elif scaling == "standardize":
         # Per feature for tables, per channel for images: every axis but the last is pooled.
         axes = tuple(range(parts[0].ndim - 1))
-        mean = parts[0].mean(axis=axes, dtype=np.float64)
-        std = parts[0].std(axis=axes, dtype=np.float64)
-        std[std == 0] = 1.0  # a constant feature carries no information; leave it at 0
         with np.errstate(over="ignore", invalid="ignore"):  # reported below
+            mean = parts[0].mean(axis=axes, dtype=np.float64)
+            std = parts[0].std(axis=axes, dtype=np.float64)
+            if not (np.isfinite(mean).all() and np.isfinite(std).all()):  # beyond 1e154, squares overflow float64
+                raise DataError(f"{where}: values up to {_largest_of(parts):.6g} are too large to standardize "
+                                f"(their squares overflow float64); rescale them")
+            std[std == 0] = 1.0  # a constant feature carries no information; leave it at 0
             scaled = [((part - mean) / std).astype(np.float32) for part in parts]
     else:
         with np.errstate(over="ignore"):
             scaled = [part.astype(np.float32) for part in parts]
     if not all(np.isfinite(part).all() for part in scaled):
-        largest = max(float(np.abs(part.astype(np.float64)).max()) for part in parts)
-        raise DataError(f"{where}: values up to {largest:.6g} leave float32's range (about 3.4e38) with {key}; bnexp "
+        raise DataError(f"{where}: values up to {_largest_of(parts):.6g} leave float32's range (about 3.4e38) with {key}; bnexp "
                         f"trains in float32: rescale them, or use data.scaling: standardize")
     return scaled
+
+
+def _largest_of(parts: tuple[np.ndarray, ...]) -> float:
+    return max(float(np.abs(part.astype(np.float64)).max()) for part in parts)
 
 
 def _largest(part: Values) -> float:
