@@ -228,7 +228,7 @@ def _decode_image(path: Path, color_mode: str, shape: tuple[int, int, int]) -> t
     """One image at `shape`, uint8 or (16 bits) uint16, and whether it has transparent pixels."""
     with Image.open(path) as image:
         _check_mode(path, image)
-        if image.format == "PNG" and image.mode not in _SIXTEEN_BIT_MODES and _png_bit_depth(path) == 16:
+        if image.format == "PNG" and image.mode in ("RGB", "RGBA", "LA") and _png_bit_depth(image) == 16:
             pixels, transparent = _decode_16_bit_png(path, image.info.get("transparency"))
         elif image.mode in _SIXTEEN_BIT_MODES:
             pixels = np.asarray(image)
@@ -272,10 +272,13 @@ def _resize_16_bit(pixels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarra
     return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 65535).astype(np.uint16)
 
 
-def _png_bit_depth(path: Path) -> int:
-    with path.open("rb") as file:
-        header = file.read(26)  # the signature, then IHDR: length, type, width, height, bit depth, colour type
-    return header[24] if len(header) == 26 else 8
+def _png_bit_depth(image: Image.Image) -> int:
+    """The bit depth in a PNG's IHDR, read from the file Pillow holds open (its position put back)."""
+    at = image.fp.tell()
+    image.fp.seek(24)  # the signature, then IHDR: length, type, width, height, bit depth
+    depth = image.fp.read(1)
+    image.fp.seek(at)
+    return depth[0] if depth else 8
 
 
 def _decode_16_bit_png(path: Path, key) -> tuple[np.ndarray, bool]:
