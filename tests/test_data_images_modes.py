@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from bnexp.config.schema import DataConfig
@@ -188,7 +189,7 @@ def test_transparent_pixels_are_dropped_with_one_warning_per_folder(tmp_path, wr
     ], what
 
 
-def refused(tmp_path, write, cli=None):
+def refused(tmp_path, write):
     train, test = folders(tmp_path, write)
     config = DataConfig(dataset="images", path=str(train), test_path=str(test), image_size=(2, 2))
     with pytest.raises(DataError) as error:
@@ -202,8 +203,6 @@ def test_a_float_image_is_refused_naming_the_file_and_the_mode(tmp_path, cli):
     line = (f"{train / 'a' / '0.png'}: Pillow reads this TIFF image in mode F, which bnexp does not decode; save it "
             f"as an 8- or 16-bit PNG (grey, RGB or RGBA) or an 8-bit JPEG")
     config = tmp_path / "pics.yaml"
-    import yaml
-
     config.write_text(yaml.safe_dump({
         "name": "pics", "seeds": [0], "model": {"dense": [4]},
         "data": {"dataset": "images", "path": str(train), "test_path": str(test), "image_size": [2, 2]},
@@ -345,8 +344,6 @@ def test_classes_of_a_single_image_are_warned_about_in_plan_and_run(tmp_path):
 
 
 def test_a_link_loop_stops_plan_with_one_line_not_an_unknown_run_id(tmp_path, cli):
-    import yaml
-
     shades(tmp_path / "pics" / "cat", 3)
     shades(tmp_path / "pics" / "dog", 3)
     (tmp_path / "pics" / "dog" / "up").symlink_to(tmp_path / "pics")

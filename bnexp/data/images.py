@@ -210,12 +210,11 @@ def _to_16_bits(x: np.ndarray) -> np.ndarray:
 
 
 # Pillow's modes for what a PNG or JPEG holds: 1-bit, 2-, 4- and 8-bit grey (L), grey with alpha, palette
-# (P; PA), RGB, RGBA, CMYK (a JPEG), each at 8 bits a channel, and 16-bit grey (I;16; Pillow 10 and older
-# gave I). Pillow reads a 16-bit colour PNG as 8-bit RGB(A), losing the low byte: those are decoded by
-# TensorFlow instead (_decode_16_bit_png).
-_EIGHT_BIT_MODES = {"1": "1-bit", "L": "8-bit grey", "LA": "grey with alpha", "P": "palette", "PA": "palette with alpha",
-                    "RGB": "8-bit RGB", "RGBA": "8-bit RGBA", "CMYK": "CMYK"}
-_SIXTEEN_BIT_MODES = {"I;16": "16-bit grey", "I;16B": "16-bit grey", "I;16L": "16-bit grey", "I": "32-bit integer grey"}
+# (P; PA), RGB, RGBA, CMYK (a JPEG), each at 8 bits a channel, and 16-bit grey (I;16; older Pillow gave I).
+# Pillow reads a 16-bit colour or grey-with-alpha PNG as 8-bit RGB(A), keeping only the high byte: those
+# are decoded by TensorFlow instead (_decode_16_bit_png).
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 
 def _check_mode(path: Path, image: Image.Image) -> None:
