@@ -16,7 +16,9 @@ import numpy as np
 
 from bnexp.config.schema import DataConfig
 from bnexp.data.files import BUILTINS, Arrays, normalise, read_builtin, read_csv, read_npz
-from bnexp.data.images import check_image_headers, folder_sha256, image_files, image_shape, read_images, scan_images
+from bnexp.data.images import (check_image_headers, folder_sha256, image_files, image_shape, read_images,
+                               scan_images, single_image_warnings)
+from bnexp.data.scaling import apply, resolve, said, values
 from bnexp.errors import DataError
 
 
@@ -36,7 +38,8 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     classes: tuple[str, ...] = ()  # the class names, in label order, where the data names them (csv, images)
-    # Parts too small to mean much (see _small_parts): said once before training, never an error.
+    # Said once before training, never an error: parts too small to mean much (_check_labels), values
+    # kept unscaled (bnexp.data.scaling), classes of one image and transparent images (bnexp.data.images).
     warnings: tuple[str, ...] = ()
 
     @property
@@ -122,21 +125,23 @@ def image_classes(data: DataConfig, data_dir: Path | None) -> tuple[str, ...]:
     files = scan_images(folder, "data.path")
     check_image_headers(files)
     if test is not None:
-        check_image_headers(scan_images(test, "data.test_path", tuple(files)))
+        check_image_headers(scan_images(test, "data.test_path", folder))
     return tuple(files)
 
 
 def describe_images(data: DataConfig, data_dir: Path | None) -> str:
     """`bnexp plan`'s line for an image folder: its classes, how many images it and its test folder
-    hold, and the input shape, from the folder listing and data.image_size/color_mode (no pixels read)."""
+    hold, and the input shape, from the folder listing and data.image_size/color_mode (no pixels read);
+    then a "warning:" line for classes of a single image."""
     folder, test, _ = _located(data, data_dir)
     files = image_files(folder)
     count = sum(map(len, files.values()))
     split = (f"test folder {test}: {sum(map(len, image_files(test).values()))} images" if test is not None
              else f"data.test_split {data.test_split} of them for testing")
     shown = ", ".join(list(files)[:10]) + (f", ... ({len(files)} classes)" if len(files) > 10 else "")
-    return (f"{folder}: {len(files)} classes ({shown}), {count} images ({split}), "
-            f"input shape {image_shape(data)} ({data.color_mode})")
+    return "\n".join([f"{folder}: {len(files)} classes ({shown}), {count} images ({split}), "
+                      f"input shape {image_shape(data)} ({data.color_mode})",
+                      *(f"warning: {warning}" for warning in single_image_warnings(folder, files))])
 
 
 def builtin_num_classes(dataset: str) -> int | None:
@@ -166,6 +171,7 @@ def _resolve_path(path: str, data_dir: Path | None, key: str, *, folder: bool) -
 @functools.lru_cache(maxsize=4)
 def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path | None,
           sha256: str | None) -> Dataset:
+    warnings: list[str] = []
     if data.dataset in BUILTINS:
         name = data.dataset
         arrays = read_builtin(name, data_dir)
@@ -176,10 +182,19 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path
         classes = list(range(_class_count(arrays, name)))
     elif data.dataset == "images":
         name = str(path)
-        arrays, classes = read_images(data, path, test)
+        arrays, classes, warnings = read_images(data, path, test)
     else:
         name = str(path)
         arrays, classes = read_csv(data, path)
+    # The parts as stored, each with its own dtype and range: an npz's two arrays, a test folder, or one
+    # file split in two.
+    if data.dataset == "npz":
+        stored = [values(f"{name}: x_train", arrays.x_train), values(f"{name}: x_test", arrays.x_test)]
+    elif test is not None:
+        stored = [values(name, arrays.x_train), values(str(test), arrays.x_test)]
+    else:
+        stored = [values(name, arrays.x_train, arrays.x_test, stored="CSV" if data.dataset == "csv" else None)]
+    scaling, scales, scaling_warnings = resolve(data.scaling, data.dataset, stored)
 
     x_pool = _first(arrays.x_train, data.train_subset, "data.train_subset", "training", name)
     y_pool = arrays.y_train[: len(x_pool)]
@@ -200,10 +215,9 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path
         )
     x_train, x_val = x_pool[:split_at], x_pool[split_at:]
     y_train, y_val = y_pool[:split_at], y_pool[split_at:]
-    warnings = _check_labels(name, classes, y_train, y_val, y_test)
-
-    scaling = data.scaling or _automatic_scaling(data.dataset, x_train)
-    x_train, x_val, x_test = _scale((x_train, x_val, x_test), scaling)
+    warnings += [*_check_labels(name, classes, y_train, y_val, y_test), *scaling_warnings]
+    x_train, x_val, x_test = apply((x_train, x_val, x_test), scaling, (scales[0], scales[0], scales[-1]), name,
+                                     said(data.scaling, scaling))
     return Dataset(
         name=name,
         x_train=_frozen(x_train),
@@ -214,7 +228,7 @@ def _load(data: DataConfig, data_dir: Path | None, path: Path | None, test: Path
         y_test=_frozen(y_test),
         num_classes=len(classes),
         classes=tuple(map(str, classes)) if data.dataset in ("csv", "images") else (),
-        warnings=warnings,
+        warnings=tuple(warnings),
     )
 
 
@@ -253,28 +267,6 @@ def _first(x: np.ndarray, subset: int | None, key: str, part: str, name: str) ->
     if subset > len(x):
         raise DataError(f"{key}: {subset} is more than the {len(x)} {part} rows available in {name}")
     return x[:subset]
-
-
-def _automatic_scaling(dataset: str, x_train: np.ndarray) -> str:
-    if dataset == "csv":
-        return "standardize"
-    if dataset in BUILTINS or x_train.dtype == np.uint8:
-        return "unit"
-    return "none"
-
-
-def _scale(parts: tuple[np.ndarray, ...], scaling: str) -> list[np.ndarray]:
-    """Scale every part with statistics taken from the first, the training rows, only."""
-    if scaling == "unit":
-        return [part.astype(np.float32) / np.float32(255) for part in parts]
-    if scaling == "standardize":
-        # Per feature for tables, per channel for images: every axis but the last is pooled.
-        axes = tuple(range(parts[0].ndim - 1))
-        mean = parts[0].mean(axis=axes, dtype=np.float64)
-        std = parts[0].std(axis=axes, dtype=np.float64)
-        std[std == 0] = 1.0  # a constant feature carries no information; leave it at 0
-        return [((part - mean) / std).astype(np.float32) for part in parts]
-    return [part.astype(np.float32) for part in parts]
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
