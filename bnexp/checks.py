@@ -4,13 +4,14 @@ model can take the data's shape and fits in memory."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnexp.builders import Builder
+from bnexp.builders import Anatomy, Builder
 from bnexp.config.schema import ExperimentConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
 from bnexp.store import read_experiment
@@ -27,6 +28,7 @@ class RunsCheck:
     warnings: list[str] = field(default_factory=list)  # parts of the data too small to mean much
     missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
     shapes: dict = field(default_factory=dict)  # DataConfig -> (input_shape, num_classes) of each checked dataset
+    anatomies: dict = field(default_factory=dict)  # bnexp.builders.Anatomy per _model_key
 
 
 def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
@@ -88,8 +90,10 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
             _check_batches(config, name, train_samples)
         key = model_key(spec)
         if key not in checked.params:
-            checked.params[key] = _check_model(config, name, input_shape, num_classes, spec.builder)
+            checked.params[key], checked.anatomies[key] = _check_model(config, name, input_shape, num_classes,
+                                                                       spec.builder)
         _check_memory(config.train, checked.params[key], name, input_shape)
+    _check_arms(runs, checked)
     return checked
 
 
@@ -126,11 +130,11 @@ def _check_batches(config: RunConfig, name: str, samples: int) -> None:
 
 
 def _check_model(config: RunConfig, name: str, input_shape: tuple[int, ...], num_classes: int,
-                 builder: Builder | None) -> tuple[int, int]:
-    from bnexp.models import model_size
+                 builder: Builder | None) -> tuple[tuple[int, int], Anatomy]:
+    from bnexp.models import inspect_model
 
     try:
-        return model_size(config.model, input_shape, num_classes, builder)
+        return inspect_model(config.model, input_shape, num_classes, builder)
     except DataError as exc:
         raise DataError(f"{name}: {exc}") from None
 
@@ -163,29 +167,51 @@ def model_key(spec: RunSpec) -> tuple:
 
 
 def audit_builders(runs: list[RunSpec], checked: RunsCheck) -> list[str]:
-    """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed)
-    and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does not), on the
-    data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp plan` only: allocating the weights would start the backend on a device in `bnexp run`'s driver."""
-    import keras
-
+    """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed), one
+    arm at a time, and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does
+    not), on the data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp plan` only:
+    allocating the weights would start the backend on a device in `bnexp run`'s driver."""
     from bnexp.builders import audit_pair
     from bnexp.models import build_model
 
-    groups: dict[tuple, list[RunSpec]] = {}
-    for spec in runs:
-        if spec.builder and spec.config.data in checked.shapes and spec.seed == runs[0].seed:
-            groups.setdefault(tuple(sorted(spec.point.items(), key=str)), []).append(spec)
     lines, audited = [], set()
-    for pair in groups.values():
+    for pair in _pairs(runs, checked, first_seed=True):
         key = tuple(model_key(spec) for spec in pair)
         if key in audited or len(pair) < 2:
             continue
         audited.add(key)
         input_shape, num_classes = checked.shapes[pair[0].config.data]
-        models = [(spec.arm, build_model(spec.config.model, input_shape, num_classes, spec.seed, spec.builder))
-                  for spec in pair]
-        line = audit_pair(pair[0].builder, models[0], models[1:], pair[0].seed)
-        keras.utils.clear_session()
+
+        def maker(spec):
+            return lambda: build_model(spec.config.model, input_shape, num_classes, spec.seed, spec.builder)
+
+        line = audit_pair(pair[0].builder, [(spec.arm, maker(spec)) for spec in pair], pair[0].seed)
         if line not in lines:
             lines.append(line)
     return lines
+
+
+def _pairs(runs: list[RunSpec], checked: RunsCheck, first_seed: bool = False) -> list[list[RunSpec]]:
+    """The runs of a model.builder whose data was checked, grouped by sweep point and seed (the reference arm
+    first); only the first seed's with `first_seed`."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in runs:
+        if spec.builder and spec.config.data in checked.shapes and (not first_seed or spec.seed == runs[0].seed):
+            groups.setdefault((spec.seed, json.dumps(spec.point, sort_keys=True, default=str)), []).append(spec)
+    return [sorted(pair, key=lambda spec: spec.arm != spec.reference_arm) for pair in groups.values()]
+
+
+def _check_arms(runs: list[RunSpec], checked: RunsCheck) -> None:
+    """ConfigError when the arms of a model.builder's pair build networks that differ in more than the
+    normalisation (bnexp.builders.differences), read from the graphs check_runs built."""
+    from bnexp.builders import differences
+
+    for pair in _pairs(runs, checked):
+        reference = pair[0]
+        for spec in pair[1:]:
+            found = differences((reference.arm, checked.anatomies[model_key(reference)]),
+                                (spec.arm, checked.anatomies[model_key(spec)]))
+            if found:
+                raise ConfigError(f"model.builder: {spec.builder.spec}: the arms differ in more than the normalisation: "
+                                  f"{found}; build the same layers with the same settings in every arm and let "
+                                  f"norm(x) make the only difference")
