@@ -47,6 +47,16 @@ class Builder:
     def load(self) -> Callable:
         return _load(self)
 
+    def layer_classes(self) -> dict[str, type]:
+        """The Keras layer classes the builder's module defines or imports, by name: what load_model needs to
+        rebuild a checkpoint of its network (custom_objects)."""
+        import keras
+
+        module = sys.modules[self.load().__module__]
+        return {name: value for name, value in vars(module).items()
+                if inspect.isclass(value) and issubclass(value, keras.layers.Layer)
+                and not value.__module__.startswith("keras")}
+
 
 def locate(spec: str, config_file: Path) -> Builder:
     """The builder `spec` names, a file path resolved from the config file's folder and then the working
@@ -109,8 +119,15 @@ def _load(builder: Builder) -> Callable:
             folder = str(Path(builder.file).parent)
             if folder not in sys.path:  # as `python file.py` would: the file may import its neighbours
                 sys.path.insert(0, folder)
+            # The content the run ids were given for, or none: a file edited since must not be trained under them.
+            source = Path(builder.file).read_bytes()
+            if hashlib.sha256(source).hexdigest() != builder.sha256:
+                raise ConfigError(f"{where}: {builder.file} changed after the sweep was planned; run the same command "
+                                  "again to plan and train its new content")
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            exec(compile(source, builder.file, "exec"), module.__dict__)
+    except ConfigError:
+        raise
     except Exception as exc:  # the user's code: any error it raises on import is theirs to fix
         raise ConfigError(f"{where}: importing {builder.file} raised {type(exc).__name__}: {one_line(exc)}") from None
     function = getattr(module, builder.function, None)
