@@ -10,9 +10,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from bnexp.builders import Anatomy, Builder
-from bnexp.config.schema import ExperimentConfig, RunConfig, TrainConfig
+from bnexp.config.schema import ExperimentConfig, ModelConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
 from bnexp.store import read_experiment
 from bnexp.sweep import RunSpec
@@ -94,7 +95,102 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
                                                                        spec.builder)
         _check_memory(config.train, checked.params[key], name, input_shape)
     _check_arms(runs, checked)
+    _check_meaning(runs, checked)
     return checked
+
+
+# Settings that act only under others, and what they need: a setting no run meets trains nothing new.
+_USED_WHEN: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
+    "train.momentum": (lambda c: c.train.optimizer in ("sgd", "rmsprop"), "optimizer sgd or rmsprop"),
+    "train.nesterov": (lambda c: c.train.optimizer == "sgd" and c.train.momentum > 0,
+                       "optimizer sgd with train.momentum > 0"),
+    "train.decay_steps": (lambda c: c.train.schedule != "constant", "schedule exponential or inverse_time"),
+    "train.decay_rate": (lambda c: c.train.schedule != "constant", "schedule exponential or inverse_time"),
+    "train.staircase": (lambda c: c.train.schedule != "constant", "schedule exponential or inverse_time"),
+    "model.batch_norm.precise_stats": (lambda c: c.model.norm_kind in ("batch", "batch_renorm"),
+                                       "an arm of model.norm.kind batch or batch_renorm"),
+    "model.batch_norm.momentum": (lambda c: c.model.norm_kind in ("batch", "batch_renorm"),
+                                  "an arm of model.norm.kind batch or batch_renorm"),
+    "model.norm.groups": (lambda c: c.model.norm_kind == "group", "an arm of model.norm.kind group"),
+}
+
+
+def _check_meaning(runs: list[RunSpec], checked: RunsCheck) -> None:
+    """ConfigError for a sweep axis that changes nothing in any run (every value would train the same networks
+    again, and the report would show seed noise as its effect); a warning for a setting that changes nothing.
+
+    A setting acts only under others (_USED_WHEN); a model.* axis changes nothing when every value builds
+    the same graph (bnexp.builders.Anatomy: the same layers with the same configuration) in every arm."""
+    axes = list(runs[0].point) if runs else []
+    for key in axes:
+        values = list({json.dumps(spec.point[key], sort_keys=True, default=str): spec.point[key]
+                       for spec in runs}.values())
+        if len(values) < 2:
+            continue
+        why = _unused(key, runs)
+        if why is None and key.startswith("model.") and key != "model.batch_norm.precise_stats":
+            why = _same_networks(key, runs, checked)
+        if why:
+            raise ConfigError(f"sweep {key}: {values} changes nothing in any run: {why}; every value would train "
+                              f"the same networks again, and the report would show seed noise as its effect; remove "
+                              f"the axis")
+    for key, (used, needs) in _USED_WHEN.items():
+        if key in axes or not runs:
+            continue
+        section, field_name = key.split(".", 1)
+        default = _default(section, field_name)
+        set_values = {str(_value(spec.config, key)) for spec in runs if _value(spec.config, key) != default}
+        if set_values and not any(used(spec.config) for spec in runs):
+            checked.warnings.append(f"{key}: {', '.join(sorted(set_values))} changes nothing: it acts only with "
+                                    f"{needs}, which no run has")
+
+
+def _unused(key: str, runs: list[RunSpec]) -> str | None:
+    if key in _USED_WHEN:
+        used, needs = _USED_WHEN[key]
+        if not any(used(spec.config) for spec in runs):
+            return f"it acts only with {needs}, which no run has"
+    return None
+
+
+def _same_networks(key: str, runs: list[RunSpec], checked: RunsCheck) -> str | None:
+    """Why every value of the model.* axis `key` builds the same network in every arm, or None."""
+    import inspect
+
+    groups: dict[tuple, set] = {}
+    for spec in runs:
+        anatomy = checked.anatomies.get(model_key(spec))
+        if anatomy is None:  # its data went unchecked (plan, a missing file): nothing to compare
+            return None
+        rest = json.dumps({k: v for k, v in spec.point.items() if k != key}, sort_keys=True, default=str)
+        groups.setdefault((spec.arm, spec.seed, rest), set()).add(anatomy)
+    if any(len(found) > 1 for found in groups.values()):
+        return None
+    arms = ", ".join(dict.fromkeys(f"{spec.arm} ({spec.config.model.norm_kind})" for spec in runs))
+    if key.startswith("model.args.") and runs[0].builder:
+        builder = runs[0].builder
+        try:
+            named = key.split(".")[2] in inspect.signature(builder.load()).parameters
+        except (TypeError, ValueError):
+            named = True
+        if named:  # it may change what Keras does not record (a seed, a closure): say so, do not refuse
+            return None
+        return (f"{builder.function} takes it only through **kwargs, and every value builds the same layers with "
+                f"the same settings in arms {arms}")
+    return f"every value builds the same layers with the same settings in arms {arms}"
+
+
+def _default(section: str, path: str):
+    config = {"train": TrainConfig(), "model": ModelConfig()}[section]
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _value(config: RunConfig, key: str):
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def _check_batches(config: RunConfig, name: str, samples: int) -> None:
