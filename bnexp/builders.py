@@ -231,7 +231,7 @@ def anatomy(network, is_norm: Callable, where: str) -> Anatomy:
         node = operation._inbound_nodes[node_index]
         if id(node) in placed:
             return placed[id(node)]
-        inputs = tuple(visit(t) for t in node.input_tensors)
+        inputs = tuple([visit(t) for t in node.input_tensors])
         if is_norm(operation):
             norms.append(_config(operation))
             position = inputs[0]
@@ -257,6 +257,8 @@ def anatomy(network, is_norm: Callable, where: str) -> Anatomy:
         return position
 
     outputs = getattr(network, "outputs", None)
+    # The walk recurses once per layer on the longest path: what Keras itself builds must not exceed it.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     if not outputs:
         raise ConfigError(f"{where} returned a {type(network).__name__} without a graph of layers (a subclassed "
                           "keras.Model); return keras.Model(inputs, outputs) built from keras.Input")
@@ -299,7 +301,9 @@ def probabilities(network, num_classes: int) -> str | None:
             continue
         break
     activation = "softmax" if kind == "Softmax" else json.loads(_config(operation)).get("activation")
-    if activation == "softmax":
+    if isinstance(activation, dict):  # a function given as the activation (tf.nn.softmax: 'softmax_v2')
+        activation = str(activation.get("config"))
+    if activation == "softmax" or (activation and activation.startswith("softmax_")):
         return None
     what = f"{kind} with activation {activation}" if activation else kind
     return (f"returned a model whose output comes from {what}, not a softmax: bnexp trains with sparse categorical "

@@ -297,12 +297,24 @@ def _pairs(runs: list[RunSpec], checked: RunsCheck, first_seed: bool = False) ->
     return [sorted(pair, key=lambda spec: spec.arm != spec.reference_arm) for pair in groups.values()]
 
 
+# Keras' normalisation layers: one a builder makes itself, rather than through norm(x), is in every arm.
+_NORMALISATIONS = {"BatchNormalization", "GroupNormalization", "LayerNormalization", "UnitNormalization",
+                   "RMSNormalization", "SpectralNormalization"}
+
+
 def _check_arms(runs: list[RunSpec], checked: RunsCheck) -> None:
     """ConfigError when the arms of a model.builder's pair build networks that differ in more than the
     normalisation (bnexp.builders.differences), read from the graphs check_runs built."""
     from bnexp.builders import differences
 
     for pair in _pairs(runs, checked):
+        for spec in pair:
+            own = [kind for kind, _, _ in checked.anatomies[model_key(spec)].layers if kind in _NORMALISATIONS]
+            warning = (f"model.builder: {spec.builder.spec}: arm {spec.arm} (model.norm.kind none) still has "
+                       f"{len(own)} normalisation layer(s) of the builder's own ({', '.join(sorted(set(own)))}), in "
+                       f"every arm: the pairs compare norm(x)'s normalisation, not a network with and without one")
+            if own and spec.config.model.norm_kind == "none" and warning not in checked.warnings:
+                checked.warnings.append(warning)
         reference = pair[0]
         for spec in pair[1:]:
             found = differences((reference.arm, checked.anatomies[model_key(reference)]),

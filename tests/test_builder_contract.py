@@ -325,3 +325,34 @@ def test_a_builder_with_its_own_layer_classes_resumes_or_restarts_with_one_warni
         assert len(warnings) == 1 and warning in warnings[0]
         assert warnings[0].endswith("; if the run is interrupted it trains again from its start")
         assert "\n" not in warnings[0]
+
+
+def test_keras_ops_a_sequential_block_and_a_softmax_activation_keep_the_contract(cli, nets, tmp_path):
+    (tmp_path / "nets.py").write_text(NETWORKS + '''
+
+def mixed(input_shape, num_classes, norm):
+    x = inputs = keras.Input(input_shape)
+    x = layers.Flatten()(x)
+    block = keras.Sequential([keras.Input((x.shape[-1],)), layers.Dense(4), layers.ReLU()])
+    x = keras.ops.relu(norm(layers.Dense(4)(block(x))))
+    return keras.Model(inputs, layers.Activation("softmax")(layers.Dense(num_classes)(x)))
+''')
+    result = cli("plan", nets("mixed"))
+    assert result.exit_code == 0, result.output
+    assert "builder nets.py:mixed: 3 layers start with identical weights in arms batch, none" in result.output
+
+
+def test_a_normalisation_the_builder_makes_itself_is_said_for_the_arm_without_one(cli, nets, tmp_path):
+    (tmp_path / "nets.py").write_text(NETWORKS + '''
+
+def own_bn(input_shape, num_classes, norm):
+    x = inputs = keras.Input(input_shape)
+    x = layers.BatchNormalization()(layers.Dense(4)(layers.Flatten()(x)))
+    x = norm(layers.Dense(4)(x))
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
+''')
+    result = cli("plan", nets("own_bn"))
+    assert result.exit_code == 0, result.output
+    assert ("\nwarning: model.builder: nets.py:own_bn: arm none (model.norm.kind none) still has 1 normalisation "
+            "layer(s) of the builder's own (BatchNormalization), in every arm: the pairs compare norm(x)'s "
+            "normalisation, not a network with and without one\n") in result.output
