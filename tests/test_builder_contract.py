@@ -356,3 +356,12 @@ def own_bn(input_shape, num_classes, norm):
     assert ("\nwarning: model.builder: nets.py:own_bn: arm none (model.norm.kind none) still has 1 normalisation "
             "layer(s) of the builder's own (BatchNormalization), in every arm: the pairs compare norm(x)'s "
             "normalisation, not a network with and without one\n") in result.output
+
+
+def test_arms_that_set_other_model_args_themselves_may_build_other_layers(cli, nets):
+    arms = {"none": {"model.norm.kind": "none", "model.args.width": 4},
+            "batch": {"model.norm.kind": "batch", "model.args.width": 8}}
+    result = cli("plan", nets(arms=arms))
+    assert result.exit_code == 0, result.output
+
+    assert "start with identical weights" not in result.output  # nothing to audit: the config asks for others
