@@ -359,23 +359,31 @@ def audit_pair(builder: Builder, arms: list[tuple[str, Callable]], seed: int) ->
     whatever the builder names its layers."""
     import keras
 
-    def weights(make):
+    def weights(make) -> tuple[dict[str, list[tuple[str, bool]]], int]:
+        """(digest, whether random) of each own weight by layer path, one variable in memory at a time."""
         model = make()
-        found = shared_weights(model), len(getattr(model, "bnexp_norm_layers", []))
+        skip = {id(v) for layer in getattr(model, "bnexp_norm_layers", []) for v in layer.weights}
+        layers: dict[str, list[tuple[str, bool]]] = {}
+        for variable in model.weights:
+            if id(variable) not in skip:
+                array = np.asarray(variable.numpy())
+                layers.setdefault(variable.path.rsplit("/", 1)[0], []).append(
+                    (_digest(array), bool(array.size and np.ptp(array) > 0)))
+                del array
+        norms = len(getattr(model, "bnexp_norm_layers", []))
         del model
         keras.utils.clear_session()
-        return found
+        return layers, norms
 
     (reference_arm, make), others = arms[0], arms[1:]
     expected, reference_norms = weights(make)
     # Constant weights (zero biases, unit scales) say nothing about the seed, and a bias may be missing in
     # arms where norm.use_bias is false: only the random ones must be found.
-    digests = {path: [_digest(w) for w in ws if w.size and np.ptp(w) > 0] for path, ws in expected.items()}
-    del expected
+    digests = {path: [digest for digest, random in ws if random] for path, ws in expected.items()}
     added = [f"{reference_arm} {reference_norms}"]
     for arm, make in others:
         layers, norms = weights(make)
-        found = {_digest(w) for ws in layers.values() for w in ws}
+        found = {digest for ws in layers.values() for digest, _ in ws}
         differ = [path for path, ds in digests.items() if not set(ds) <= found]
         if differ:
             raise ConfigError(
