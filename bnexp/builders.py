@@ -12,6 +12,11 @@ The arms of a pair get the same initial weights for every layer both have, witho
 the seed is set right before the builder runs, Keras draws each layer initializer's seed in the order the
 layers are created, and normalisation layers draw none (their initializers are constants), so the builder's
 own layers are seeded alike in every arm. `bnexp plan` checks this weight by weight (audit_pair).
+
+What a builder promises is read from the graph it returns (Anatomy), in `plan` and again in `run` before
+anything trains: every layer norm(x) made is on the path from the input to the output, the arms have the same
+layers with the same configuration and connections once the normalisation is set aside (differences), and the
+output is one softmax over the classes (probabilities).
 """
 
 from __future__ import annotations
@@ -370,7 +375,7 @@ def audit_pair(builder: Builder, arms: list[tuple[str, Callable]], seed: int) ->
                 layers.setdefault(variable.path.rsplit("/", 1)[0], []).append(
                     (_digest(array), bool(array.size and np.ptp(array) > 0)))
                 del array
-        norms = len(getattr(model, "bnexp_norm_layers", []))
+        norms = len(model.bnexp_anatomy.norms)  # counted on the graph's path from input to output
         del model
         keras.utils.clear_session()
         return layers, norms
