@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from bnexp.config.schema import EarlyStoppingConfig
+from bnexp.errors import one_line
 from bnexp.metrics import ACCURACY, EPOCH_METRICS, LOSS, is_accuracy
 from bnexp.store import CHECKPOINT, HISTORY, HistoryRow, read_history, write_atomic, write_history
 
@@ -215,9 +216,12 @@ class Checkpoint(keras.callbacks.Callback):
 
     STATE, BEST = "bnexp_state.json", "bnexp_best_weights.npz"  # entries bnexp adds to the archive
 
-    def __init__(self, run_dir: Path, stopping: ResumableEarlyStopping | None = None):
+    def __init__(self, run_dir: Path, stopping: ResumableEarlyStopping | None = None,
+                 custom_objects: dict | None = None):
         super().__init__()
         self.path, self.history_path, self.stopping = run_dir / CHECKPOINT, run_dir / HISTORY, stopping
+        self.custom_objects = custom_objects  # a builder's own layer classes, by name, for load_model
+        self.unsaveable = False  # set when Keras cannot save the model: one warning, no more tries
 
     def on_epoch_end(self, epoch, logs=None):
         # After the last epoch, or one that stops the run, the test evaluation and result.json come
@@ -227,9 +231,18 @@ class Checkpoint(keras.callbacks.Callback):
 
     def save(self, model: keras.Model, epoch: int) -> None:
         stopping = self.stopping
+        if self.unsaveable:
+            return
         with tempfile.TemporaryDirectory(prefix="bnexp-") as scratch:
             path = Path(scratch) / CHECKPOINT
-            model.save(path)
+            try:
+                model.save(path)
+            except Exception as exc:  # a custom layer without a config Keras can save (NotImplementedError, ...)
+                self.unsaveable = True
+                logging.getLogger(__name__).warning(
+                    "%s: cannot checkpoint this network (%s: %s); if the run is interrupted it trains again from its "
+                    "start", self.path.parent, type(exc).__name__, _short(exc))
+                return
             with zipfile.ZipFile(path, "a") as archive:
                 archive.writestr(self.STATE, json.dumps(
                     {"epoch": epoch, "best": stopping.best, "wait": stopping.wait} if stopping else {"epoch": epoch}))
@@ -251,9 +264,10 @@ class Checkpoint(keras.callbacks.Callback):
                 if self.BEST in archive.namelist():
                     with np.load(io.BytesIO(archive.read(self.BEST))) as saved:
                         best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-            model = keras.saving.load_model(self.path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            logging.getLogger(__name__).warning("%s: unusable checkpoint (%s); training from scratch", self.path, exc)
+            model = keras.saving.load_model(self.path, custom_objects=self.custom_objects)
+        except Exception as exc:  # damaged, or a custom layer Keras cannot rebuild from its config: start again
+            logging.getLogger(__name__).warning("%s: cannot resume from this checkpoint (%s: %s); training the run "
+                                                "again from its start", self.path, type(exc).__name__, _short(exc))
             return None
         previous = read_history(self.history_path)[: state["epoch"]]
         if len(previous) < state["epoch"]:
@@ -262,3 +276,9 @@ class Checkpoint(keras.callbacks.Callback):
         if self.stopping:
             self.stopping.resumed = (state["best"], state["wait"], best)
         return model
+
+
+def _short(exc: BaseException) -> str:
+    """The start of an exception's message, on one line (Keras' serialisation errors run to many lines)."""
+    reason = one_line(exc)
+    return reason if len(reason) <= 160 else reason[:160].rsplit(" ", 1)[0] + " ..."

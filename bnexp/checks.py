@@ -4,13 +4,15 @@ model can take the data's shape and fits in memory."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from bnexp.builders import Builder
-from bnexp.config.schema import ExperimentConfig, RunConfig, TrainConfig
+from bnexp.builders import Anatomy, Builder
+from bnexp.config.schema import ExperimentConfig, ModelConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
 from bnexp.machine import physical_memory
 from bnexp.optimizers import OPTIMIZERS
@@ -24,6 +26,7 @@ class RunsCheck:
     warnings: list[str] = field(default_factory=list)  # parts of the data too small to mean much
     missing: str | None = None  # why some runs went unchecked: their data file is not there (plan only)
     shapes: dict = field(default_factory=dict)  # DataConfig -> (input_shape, num_classes) of each checked dataset
+    anatomies: dict = field(default_factory=dict)  # bnexp.builders.Anatomy per _model_key
 
 
 def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: Path,
@@ -85,9 +88,106 @@ def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> R
             _check_batches(config, name, train_samples)
         key = model_key(spec)
         if key not in checked.params:
-            checked.params[key] = _check_model(config, name, input_shape, num_classes, spec.builder)
+            checked.params[key], checked.anatomies[key] = _check_model(config, name, input_shape, num_classes,
+                                                                       spec.builder)
         _check_memory(config.train, checked.params[key], name, input_shape)
+    _check_arms(runs, checked)
+    _check_meaning(runs, checked)
     return checked
+
+
+# Settings that act only under others, and what they need: a setting no run meets trains nothing new.
+_USED_WHEN: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
+    "train.momentum": (lambda c: c.train.optimizer in ("sgd", "rmsprop"), "optimizer sgd or rmsprop"),
+    "train.nesterov": (lambda c: c.train.optimizer == "sgd" and c.train.momentum > 0,
+                       "optimizer sgd with train.momentum > 0"),
+    "train.decay_steps": (lambda c: c.train.schedule != "constant", "schedule exponential or inverse_time"),
+    "train.decay_rate": (lambda c: c.train.schedule != "constant", "schedule exponential or inverse_time"),
+    "train.staircase": (lambda c: c.train.schedule != "constant", "schedule exponential or inverse_time"),
+    "model.batch_norm.precise_stats": (lambda c: c.model.norm_kind in ("batch", "batch_renorm"),
+                                       "an arm of model.norm.kind batch or batch_renorm"),
+    "model.batch_norm.momentum": (lambda c: c.model.norm_kind in ("batch", "batch_renorm"),
+                                  "an arm of model.norm.kind batch or batch_renorm"),
+    "model.norm.groups": (lambda c: c.model.norm_kind == "group", "an arm of model.norm.kind group"),
+}
+
+
+def _check_meaning(runs: list[RunSpec], checked: RunsCheck) -> None:
+    """ConfigError for a sweep axis that changes nothing in any run (every value would train the same networks
+    again, and the report would show seed noise as its effect); a warning for a setting that changes nothing.
+
+    A setting acts only under others (_USED_WHEN); a model.* axis changes nothing when every value builds
+    the same graph (bnexp.builders.Anatomy: the same layers with the same configuration) in every arm."""
+    axes = list(runs[0].point) if runs else []
+    for key in axes:
+        values = list({json.dumps(spec.point[key], sort_keys=True, default=str): spec.point[key]
+                       for spec in runs}.values())
+        if len(values) < 2:
+            continue
+        why = _unused(key, runs)
+        if why is None and key.startswith("model.") and key != "model.batch_norm.precise_stats":
+            why = _same_networks(key, runs, checked)
+        if why:
+            raise ConfigError(f"sweep {key}: {values} changes nothing in any run: {why}; every value would train "
+                              f"the same networks again, and the report would show seed noise as its effect; remove "
+                              f"the axis")
+    for key, (used, needs) in _USED_WHEN.items():
+        if key in axes or not runs:
+            continue
+        section, field_name = key.split(".", 1)
+        default = _default(section, field_name)
+        set_values = {str(_value(spec.config, key)) for spec in runs if _value(spec.config, key) != default}
+        if set_values and not any(used(spec.config) for spec in runs):
+            checked.warnings.append(f"{key}: {', '.join(sorted(set_values))} changes nothing: it acts only with "
+                                    f"{needs}, which no run has")
+
+
+def _unused(key: str, runs: list[RunSpec]) -> str | None:
+    if key in _USED_WHEN:
+        used, needs = _USED_WHEN[key]
+        if not any(used(spec.config) for spec in runs):
+            return f"it acts only with {needs}, which no run has"
+    return None
+
+
+def _same_networks(key: str, runs: list[RunSpec], checked: RunsCheck) -> str | None:
+    """Why every value of the model.* axis `key` builds the same network in every arm, or None."""
+    import inspect
+
+    groups: dict[tuple, set] = {}
+    for spec in runs:
+        anatomy = checked.anatomies.get(model_key(spec))
+        if anatomy is None:  # its data went unchecked (plan, a missing file): nothing to compare
+            return None
+        rest = json.dumps({k: v for k, v in spec.point.items() if k != key}, sort_keys=True, default=str)
+        groups.setdefault((spec.arm, spec.seed, rest), set()).add(anatomy)
+    if any(len(found) > 1 for found in groups.values()):
+        return None
+    arms = ", ".join(dict.fromkeys(f"{spec.arm} ({spec.config.model.norm_kind})" for spec in runs))
+    if key.startswith("model.args.") and runs[0].builder:
+        builder = runs[0].builder
+        try:
+            named = key.split(".")[2] in inspect.signature(builder.load()).parameters
+        except (TypeError, ValueError):
+            named = True
+        if named:  # it may change what Keras does not record (a seed, a closure): say so, do not refuse
+            return None
+        return (f"{builder.function} takes it only through **kwargs, and every value builds the same layers with "
+                f"the same settings in arms {arms}")
+    return f"every value builds the same layers with the same settings in arms {arms}"
+
+
+def _default(section: str, path: str):
+    config = {"train": TrainConfig(), "model": ModelConfig()}[section]
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _value(config: RunConfig, key: str):
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def _check_batches(config: RunConfig, name: str, samples: int) -> None:
@@ -123,11 +223,11 @@ def _check_batches(config: RunConfig, name: str, samples: int) -> None:
 
 
 def _check_model(config: RunConfig, name: str, input_shape: tuple[int, ...], num_classes: int,
-                 builder: Builder | None) -> tuple[int, int]:
-    from bnexp.models import model_size
+                 builder: Builder | None) -> tuple[tuple[int, int], Anatomy]:
+    from bnexp.models import inspect_model
 
     try:
-        return model_size(config.model, input_shape, num_classes, builder)
+        return inspect_model(config.model, input_shape, num_classes, builder)
     except DataError as exc:
         raise DataError(f"{name}: {exc}") from None
 
@@ -154,29 +254,68 @@ def model_key(spec: RunSpec) -> tuple:
 
 
 def audit_builders(runs: list[RunSpec], checked: RunsCheck) -> list[str]:
-    """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed)
-    and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does not), on the
-    data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp plan` only: allocating the weights would start the backend on a device in `bnexp run`'s driver."""
-    import keras
-
+    """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed), one
+    arm at a time, and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does
+    not), on the data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp plan` only:
+    allocating the weights would start the backend on a device in `bnexp run`'s driver."""
     from bnexp.builders import audit_pair
     from bnexp.models import build_model
 
-    groups: dict[tuple, list[RunSpec]] = {}
-    for spec in runs:
-        if spec.builder and spec.config.data in checked.shapes and spec.seed == runs[0].seed:
-            groups.setdefault(tuple(sorted(spec.point.items(), key=str)), []).append(spec)
     lines, audited = [], set()
-    for pair in groups.values():
+    for pair in _pairs(runs, checked, first_seed=True):
+        # Arms that set other model.args themselves ask for other layers, whose weights cannot match.
+        pair = [spec for spec in pair if spec.config.model.args == pair[0].config.model.args]
         key = tuple(model_key(spec) for spec in pair)
         if key in audited or len(pair) < 2:
             continue
         audited.add(key)
         input_shape, num_classes = checked.shapes[pair[0].config.data]
-        models = [(spec.arm, build_model(spec.config.model, input_shape, num_classes, spec.seed, spec.builder))
-                  for spec in pair]
-        line = audit_pair(pair[0].builder, models[0], models[1:], pair[0].seed)
-        keras.utils.clear_session()
+
+        def maker(spec):
+            return lambda: build_model(spec.config.model, input_shape, num_classes, spec.seed, spec.builder)
+
+        line = audit_pair(pair[0].builder, [(spec.arm, maker(spec)) for spec in pair], pair[0].seed)
         if line not in lines:
             lines.append(line)
     return lines
+
+
+def _pairs(runs: list[RunSpec], checked: RunsCheck, first_seed: bool = False) -> list[list[RunSpec]]:
+    """The runs of a model.builder whose data was checked, grouped by sweep point and seed (the reference arm
+    first); only the first seed's with `first_seed`."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in runs:
+        if spec.builder and spec.config.data in checked.shapes and (not first_seed or spec.seed == runs[0].seed):
+            groups.setdefault((spec.seed, json.dumps(spec.point, sort_keys=True, default=str)), []).append(spec)
+    return [sorted(pair, key=lambda spec: spec.arm != spec.reference_arm) for pair in groups.values()]
+
+
+# Keras' normalisation layers: one a builder makes itself, rather than through norm(x), is in every arm.
+_NORMALISATIONS = {"BatchNormalization", "GroupNormalization", "LayerNormalization", "UnitNormalization",
+                   "RMSNormalization", "SpectralNormalization"}
+
+
+def _check_arms(runs: list[RunSpec], checked: RunsCheck) -> None:
+    """ConfigError when the arms of a model.builder's pair build networks that differ in more than the
+    normalisation (bnexp.builders.differences), read from the graphs check_runs built, unless the arms set
+    model.args differently themselves; a warning for an arm without normalisation that makes its own."""
+    from bnexp.builders import differences
+
+    for pair in _pairs(runs, checked):
+        for spec in pair:
+            own = [kind for kind, _, _ in checked.anatomies[model_key(spec)].layers if kind in _NORMALISATIONS]
+            warning = (f"model.builder: {spec.builder.spec}: arm {spec.arm} (model.norm.kind none) still has "
+                       f"{len(own)} normalisation layer(s) of the builder's own ({', '.join(sorted(set(own)))}), in "
+                       f"every arm: the pairs compare norm(x)'s normalisation, not a network with and without one")
+            if own and spec.config.model.norm_kind == "none" and warning not in checked.warnings:
+                checked.warnings.append(warning)
+        reference = pair[0]
+        for spec in pair[1:]:
+            if spec.config.model.args != reference.config.model.args:  # the arms ask for other networks themselves
+                continue
+            found = differences((reference.arm, checked.anatomies[model_key(reference)]),
+                                (spec.arm, checked.anatomies[model_key(spec)]))
+            if found:
+                raise ConfigError(f"model.builder: {spec.builder.spec}: the arms differ in more than the normalisation: "
+                                  f"{found}; build the same layers with the same settings in every arm and let "
+                                  f"norm(x) make the only difference")

@@ -89,8 +89,10 @@ def claim_run(run_dir: Path) -> Iterator[NotTrained | None]:
 def train_one(spec: RunSpec, context: RunContext) -> dict:
     """Claim and train one run into its folder: what every executor calls for a run that trains
     where its results are stored."""
+    from bnexp.sweep import check_unchanged
     from bnexp.train import train_run
 
+    check_unchanged(spec, context.data_dir)
     run_dir = context.run_dir(spec)
     with claim_run(run_dir) as not_trained:
         if not_trained:

@@ -63,16 +63,28 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
 
 def model_size(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
                builder: Builder | None = None) -> tuple[int, int]:
-    """(trainable, non-trainable) parameter counts of the model, built without allocating its weights.
+    """(trainable, non-trainable) parameter counts of the model, built without allocating its weights."""
+    return inspect_model(config, input_shape, num_classes, builder)[0]
+
+
+def inspect_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+                  builder: Builder | None = None) -> tuple[tuple[int, int], builders.Anatomy]:
+    """The model's parameter counts and its anatomy (bnexp.builders.Anatomy), built without allocating its weights.
 
     Sizing a model too large for memory must not try to allocate it, and the process that plans a
     sweep must not start the backend on a device (TensorFlow would take the GPU its workers need).
     """
     try:
         with keras.StatelessScope(initialize_variables=False):
-            return count_params(build_model(config, input_shape, num_classes, seed=0, builder=builder))
+            model = build_model(config, input_shape, num_classes, seed=0, builder=builder)
+            found = getattr(model, "bnexp_anatomy", None) or builders.anatomy(model, _is_norm, "model")
+            return count_params(model), found
     finally:
         keras.utils.clear_session(free_memory=False)  # Keras keeps the weights to initialise later: drop them
+
+
+def _is_norm(layer) -> bool:
+    return isinstance(layer, (layers.BatchNormalization, layers.GroupNormalization))
 
 
 def _build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> keras.Model:

@@ -118,6 +118,34 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
     return runs
 
 
+def check_unchanged(spec: RunSpec, data_dir: Path | None) -> None:
+    """ConfigError (the builder) or DataError (the data) when a file the run's id covers no longer holds what
+    the run was planned with: trained now, the new content's results would be stored under the old one's id.
+    Each run calls it when it starts, so a file edited while a sweep runs stops the sweep."""
+    from bnexp.data.datasets import fingerprint
+
+    def stop(what: str, planned: str | None, now: str | None) -> str:
+        found = f"sha256 {now[:12]}" if now else "unreadable"
+        return (f"{what} changed while the sweep ran: run {spec.run_id} was planned with sha256 {str(planned)[:12]}, "
+                f"now {found}; the sweep stops here (results already written stay); run the same command again to "
+                f"train the new content under new run ids")
+
+    if spec.builder is not None:
+        try:
+            now = hashlib.sha256(Path(spec.builder.file).read_bytes()).hexdigest()
+        except OSError:
+            now = None
+        if now != spec.builder.sha256:
+            raise ConfigError(stop(f"{spec.builder.file} (model.builder {spec.builder.spec})", spec.builder.sha256, now))
+    if spec.data_sha256 is not None:
+        try:
+            now = fingerprint(spec.config.data, data_dir)
+        except DataError:
+            now = None
+        if now != spec.data_sha256:
+            raise DataError(stop(f"{spec.config.data.path} (data.path)", spec.data_sha256, now))
+
+
 def run_id(arm: str, config: RunConfig, data_sha256: str | None = None, builder_sha256: str | None = None) -> str:
     """`<arm>-s<seed>-<hash>`: the hash covers everything the run depends on (its config as JSON, the
     content of its data file when it reads one, and of its model.builder's source file), so a changed

@@ -94,7 +94,7 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
     keras.utils.set_random_seed(config.seed)
     data = load_dataset(config.data, data_dir)
     stopping = ResumableEarlyStopping(train.early_stopping) if train.early_stopping else None
-    checkpoint = Checkpoint(run_dir, stopping)
+    checkpoint = Checkpoint(run_dir, stopping, builder.layer_classes() if builder else None)
     model = checkpoint.restore(history)
     if model is None:
         model = build_model(config.model, data.input_shape, data.num_classes, config.seed, builder)
