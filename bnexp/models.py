@@ -12,6 +12,7 @@ from bnexp import builders
 from bnexp.builders import Builder
 from bnexp.config.schema import InitializerConfig, ModelConfig
 from bnexp.errors import DataError, one_line
+from bnexp.layers import GhostBatchNormalization
 
 _INITIALIZERS = {
     "glorot_uniform": keras.initializers.GlorotUniform,
@@ -151,8 +152,11 @@ def norm_layer(config: ModelConfig, x, name: str, what: str, input_shape: tuple[
             f"{tuple(x.shape[1:])} (data shape {input_shape}); allowed: 1 to {ndim - 1} or -1 to -{ndim - 1}"
         )
     if kind in ("batch", "batch_renorm"):
-        return layers.BatchNormalization(axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon, center=bn.center,
-                                         scale=bn.scale, renorm=kind == "batch_renorm", name=name)
+        settings = dict(axis=bn.axis, momentum=bn.momentum, epsilon=bn.epsilon, center=bn.center, scale=bn.scale,
+                        renorm=kind == "batch_renorm", name=name)
+        if bn.virtual_batch_size:
+            return GhostBatchNormalization(bn.virtual_batch_size, **settings)
+        return layers.BatchNormalization(**settings)
     groups, count = (config.norm.groups if kind == "group" else 1), x.shape[bn.axis]
     if count % groups:
         every = [count] if channels is None or bn.axis != -1 else [*channels, count]

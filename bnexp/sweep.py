@@ -133,6 +133,7 @@ LATER_FIELDS: dict[str, object] = {
     "model.norm": {"kind": "batch", "groups": 32},
     "model.head": "flatten",
     "model.batch_norm.precise_stats": 0,
+    "model.batch_norm.virtual_batch_size": None,
     "train.eval_every_steps": 0,
     "train.eval_subset": None,
     "model.builder": None,
