@@ -104,6 +104,9 @@ class ResultRecord(TypedDict, total=False):
     trainable_params: int | None
     non_trainable_params: int | None
     num_classes: int | None
+    # The test loss and error with BN's moving, precise and batch statistics (bnexp.evaluation); only in
+    # completed runs with BN-type layers.
+    eval_statistics: dict[str, Any]
     wall_seconds: float
     started_at: str
     finished_at: str

@@ -21,7 +21,7 @@ import pandas as pd
 from bnexp.config.schema import norm_kind
 from bnexp.data.datasets import builtin_num_classes
 from bnexp.errors import ResultsError
-from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
+from bnexp.metrics import EPOCH_METRICS, EVAL_STATISTICS, VAL_ACCURACY, VAL_LOSS
 from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, HISTORY, INCOMPLETE, NOT_STARTED, RESULT, RUNNING, SPEC,
                          is_locked, read_experiment, read_history, read_result, read_spec)
 
@@ -149,6 +149,10 @@ def _result_fields(result: dict) -> dict:
         if isinstance(steps, list) and len(steps) == 2 and all(is_number(v) for v in steps) else None
     if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
         fields["test_error"] = 1 - fields["test_accuracy"]
+    statistics = result.get("eval_statistics") if isinstance(result.get("eval_statistics"), dict) else {}
+    for name in EVAL_STATISTICS:  # test_error_moving, ...: NaN for runs without BN or from an older bnexp
+        scores = statistics.get(name) if isinstance(statistics.get(name), dict) else {}
+        fields[f"test_error_{name}"] = _number(scores.get("test_error"))
     given = result.get("num_classes")
     if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
         fields["num_classes"] = given
