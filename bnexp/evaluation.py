@@ -68,7 +68,9 @@ def _batch_statistics_scores(model: keras.Model, layers: list, x: np.ndarray, y:
     saved = [(v, keras.ops.convert_to_numpy(v.value)) for v in model.variables if not v.trainable]
     try:
         with called_in_training_mode(model, layers):
-            probabilities = model.predict(x[order], batch_size=batch_size, verbose=0)
+            # Batch by batch: predict() over the whole set was ten times slower with steps_per_execution 32.
+            probabilities = np.concatenate([model.predict_on_batch(x[order[start:start + batch_size]])
+                                            for start in range(0, len(x), batch_size)])
     finally:
         _put_back(saved)  # the training-mode passes moved the moving statistics
     losses = keras.losses.sparse_categorical_crossentropy(y[order], probabilities)
