@@ -183,3 +183,38 @@ def test_a_builders_norm_makes_ghost_layers(write_config, tmp_path):
     spec = next(run for run in runs if run.arm == "bn")
     model = build_model(spec.config.model, (8, 8, 1), 3, 0, spec.builder)
     assert [layer.virtual_batch_size for layer in model.layers if isinstance(layer, GhostBatchNormalization)] == [4]
+
+
+def test_a_swept_batch_size_that_the_size_does_not_divide_is_named_by_its_sweep_point(cli, write_config):
+    config = write_config({"model.batch_norm": {"virtual_batch_size": 4}, "sweep": {"train.batch_size": [8, 6]}})
+    assert_error(cli("plan", config), f"{config}: sweep point train.batch_size=6: model.batch_norm.virtual_batch_size: "
+                                      "4 does not divide train.batch_size 6, so a batch would not split into ghost "
+                                      "batches of 4; allowed: a divisor of 6 (1, 2, 3, 6), or leave it unset for the "
+                                      "whole batch")
+
+
+def test_ghost_batch_renormalisation_trains_as_an_arm(cli, write_config, tmp_path):
+    config = write_config({"arms": {"batch": {"model.norm.kind": "batch"}, "renorm": {"model.norm.kind": "batch_renorm"}},
+                           "model.batch_norm": {"virtual_batch_size": 2}})
+    out = cli("run", config, "--quiet")
+    assert out.exit_code == 0, out.output
+    statuses = [json.loads(path.read_text())["status"] for path in (tmp_path / "results" / "tiny").glob("*/result.json")]
+    assert statuses == ["completed", "completed"]
+
+
+def test_a_checkpoint_of_a_ghost_model_resumes_with_its_groups_and_optimizer(tmp_path):
+    from bnexp.callbacks import Checkpoint
+    from bnexp.store import HistoryRow, write_history
+
+    model = build_model(model_config(batch_norm={"virtual_batch_size": 2}), (8, 8, 1), 3, 0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(6).random((8, 8, 8, 1)).astype("float32")
+    model.train_on_batch(x, np.arange(8) % 3)
+    write_history(tmp_path / "history.jsonl", [HistoryRow(epoch=1, step=1)])
+    Checkpoint(tmp_path).save(model, 1)
+    history = []
+    restored = Checkpoint(tmp_path).restore(history)
+    assert len(history) == 1 and int(restored.optimizer.iterations) == 1
+    assert [layer.virtual_batch_size for layer in restored.layers if isinstance(layer, GhostBatchNormalization)] == [2, 2]
+    for a, b in zip(restored.weights, model.weights):
+        np.testing.assert_array_equal(values(a), values(b))

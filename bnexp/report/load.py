@@ -149,10 +149,11 @@ def _result_fields(result: dict) -> dict:
         if isinstance(steps, list) and len(steps) == 2 and all(is_number(v) for v in steps) else None
     if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
         fields["test_error"] = 1 - fields["test_accuracy"]
-    statistics = result.get("eval_statistics") if isinstance(result.get("eval_statistics"), dict) else {}
-    for name in EVAL_STATISTICS:  # test_error_moving, ...: NaN for runs without BN or from an older bnexp
-        scores = statistics.get(name) if isinstance(statistics.get(name), dict) else {}
-        fields[f"test_error_{name}"] = _number(scores.get("test_error"))
+    statistics = result.get("eval_statistics")
+    if isinstance(statistics, dict):  # test_error_moving, ...: columns only where some run has them (BN arms)
+        for name in EVAL_STATISTICS:
+            scores = statistics.get(name) if isinstance(statistics.get(name), dict) else {}
+            fields[f"test_error_{name}"] = _number(scores.get("test_error"))
     given = result.get("num_classes")
     if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
         fields["num_classes"] = given
