@@ -218,3 +218,16 @@ def test_a_checkpoint_of_a_ghost_model_resumes_with_its_groups_and_optimizer(tmp
     assert [layer.virtual_batch_size for layer in restored.layers if isinstance(layer, GhostBatchNormalization)] == [2, 2]
     for a, b in zip(restored.weights, model.weights):
         np.testing.assert_array_equal(values(a), values(b))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow graph with unknown dimensions")
+def test_groups_hold_in_a_graph_whose_batch_and_map_sizes_are_unknown():
+    import tensorflow as tf
+
+    layer = GhostBatchNormalization(4, momentum=0.0, epsilon=EPSILON, center=False, scale=False)
+    layer.build((None, 5, 5, 3))
+    graph = tf.function(lambda x: layer(x, training=True), input_signature=[tf.TensorSpec((None, None, None, 3))])
+    x = np.random.default_rng(7).normal(0.0, 1.0, (6, 5, 5, 3)).astype("float32")
+    expected = np.concatenate([(x[a:b] - x[a:b].mean((0, 1, 2))) / np.sqrt(x[a:b].var((0, 1, 2)) + EPSILON)
+                               for a, b in ((0, 4), (4, 6))])
+    np.testing.assert_allclose(values(graph(x)), expected, rtol=1e-4, atol=1e-4)
