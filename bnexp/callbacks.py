@@ -5,6 +5,7 @@ checkpoint. Each does one per-epoch (or per-step) side effect, so the training f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -81,26 +82,60 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.saved = None
 
 
+def bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BN layer (ghost and renorm ones included) at any depth: a model.builder may nest models or layers
+    that hold BN layers, which `model.layers` (the top level) would miss. Keras walks its own layers the same
+    way (_flatten_layers)."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def recompute_bn_statistics(model: keras.Model, batches) -> list[tuple]:
     """Set every BN layer's moving statistics to the mean over `batches` of its batch statistics
     (training mode); returns (variable, value before) for every non-trainable variable, to put back."""
-    # Every BN layer at any depth: a model.builder may nest models or layers that hold BN layers, which
-    # `model.layers` (the top level) would miss. Keras walks its own layers the same way (_flatten_layers).
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = bn_layers(model)
     if not layers:  # the no-BN arm: nothing to recompute, so no forward passes to pay for
         return []
     saved = [(v, v.numpy()) for v in model.variables if not v.trainable]
     momenta = [layer.momentum for layer in layers]
+    totals, count = [0.0] * (2 * len(layers)), 0
     try:
-        for i, (x, _) in enumerate(batches, 1):
-            for layer in layers:
-                layer.momentum = (i - 1) / i
-            model(x, training=True)
+        # Momentum 0: after each pass a layer's moving statistics are that batch's own, summed here. The
+        # passes run through Keras' compiled predict function (an eager call per batch cost seconds).
+        for layer in layers:
+            layer.momentum = 0.0
+        with called_in_training_mode(model):
+            for x, _ in batches:
+                model.predict_on_batch(x)
+                statistics = [keras.ops.convert_to_numpy(v) for layer in layers
+                              for v in (layer.moving_mean, layer.moving_variance)]
+                totals, count = [t + s for t, s in zip(totals, statistics)], count + 1
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
+    if count:
+        for layer, mean, variance in zip(layers, totals[::2], totals[1::2]):
+            layer.moving_mean.assign(mean / count)
+            layer.moving_variance.assign(variance / count)
     return saved
+
+
+@contextlib.contextmanager
+def called_in_training_mode(model: keras.Model, layers: list | None = None):
+    """`layers` of `model` (default: the model itself, so all of them) run in training mode whatever mode they
+    are called in, also inside the model's predict function, which is rebuilt on entry and on exit so that
+    no compiled one outlives the change or predates it."""
+    layers = [model] if layers is None else layers
+    for layer in layers:
+        call = layer.call
+        layer.call = lambda *args, training=None, call=call, **kwargs: call(*args, training=True, **kwargs)
+    model.predict_function = None
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.call
+        model.predict_function = None
 
 
 class StepEvals(keras.callbacks.Callback):

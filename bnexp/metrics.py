@@ -13,6 +13,11 @@ EPOCH_METRICS = (LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY)
 DEFAULT_TARGET_METRIC = VAL_ACCURACY
 TARGET_METRICS = (DEFAULT_TARGET_METRIC, ACCURACY, LOSS, VAL_LOSS)
 
+# The statistics BN can evaluate the test set with (result.json eval_statistics, bnexp.evaluation): the moving
+# averages Keras uses, precise population statistics from training batches, each test batch's own.
+MOVING, PRECISE, BATCH = "moving", "precise", "batch"
+EVAL_STATISTICS = (MOVING, PRECISE, BATCH)
+
 
 def is_accuracy(metric: str) -> bool:
     """True for an accuracy (a fraction; higher is better), False for a loss (lower is better)."""

@@ -12,10 +12,16 @@ DEFAULT_GROUPS = 32
 
 
 def _batch_norm(settings: Any, groups: int | None, name: str, renorm: bool = False):
+    """BatchNormalization; GhostBatchNormalization when settings.virtual_batch_size is set."""
     from keras import layers
 
-    return layers.BatchNormalization(axis=settings.axis, momentum=settings.momentum, epsilon=settings.epsilon,
-                                     center=settings.center, scale=settings.scale, renorm=renorm, name=name)
+    options = dict(axis=settings.axis, momentum=settings.momentum, epsilon=settings.epsilon,
+                   center=settings.center, scale=settings.scale, renorm=renorm, name=name)
+    if getattr(settings, "virtual_batch_size", None):
+        from bnexp.layers import GhostBatchNormalization
+
+        return GhostBatchNormalization(settings.virtual_batch_size, **options)
+    return layers.BatchNormalization(**options)
 
 
 def _group_norm(settings: Any, groups: int | None, name: str):

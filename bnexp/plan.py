@@ -8,7 +8,7 @@ from typing import Sequence
 
 from bnexp.checks import audit_builders, check_runs, check_same_experiment, model_key
 from bnexp.config.schema import ExperimentConfig
-from bnexp.store import FINAL_STATUSES, PENDING, open_run, run_dir
+from bnexp.store import FINAL_STATUSES, PENDING, norm_label, open_run, run_dir
 from bnexp.sweep import UNKNOWN_DATA, RunSpec, load_runs
 
 
@@ -34,7 +34,7 @@ def plan_table(experiment: ExperimentConfig, runs: list[RunSpec], results_dir: P
             "arm": spec.arm,
             "seed": spec.seed,
             "run id": spec.run_id,
-            "norm": spec.config.model.norm_kind,
+            "norm": norm_label(spec.facts(), compact=True),
             "trainable": trainable,
             "non-trainable": frozen,
             "status": PENDING if spec.data_error else open_run(run_dir(results_dir, spec.experiment, spec.run_id)).status,

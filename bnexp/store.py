@@ -94,6 +94,18 @@ class RunFacts(TypedDict):
     precise_stats: int  # batches PreciseBN averages over: 0 when off or for a kind without moving statistics
     builder: str | None  # model.builder; None for bnexp's own network
     num_classes: int | None  # classes of a built-in dataset; None until the data is read (result.json has it)
+    virtual_batch_size: int | None  # the ghost batch the batch kinds normalise over in training; None: the whole batch
+
+
+def norm_label(facts: RunFacts, compact: bool = False) -> str:
+    """The normalisation as the report names it: batch, group (32 groups), batch (ghost 8), ...; `compact`:
+    one word, for the plan's whitespace-separated columns (group, batch/ghost8)."""
+    norm, ghost = facts.get("norm", "batch"), facts.get("virtual_batch_size")
+    if compact:
+        return f"{norm}/ghost{ghost}" if ghost else norm
+    if norm == "group":
+        return f"group ({facts.get('norm_groups')} groups)"
+    return f"{norm} (ghost {ghost})" if ghost else norm
 
 
 class HistoryRow(TypedDict, total=False):
@@ -128,6 +140,9 @@ class ResultRecord(TypedDict, total=False):
     trainable_params: int | None
     non_trainable_params: int | None
     num_classes: int | None
+    # The test loss and error with BN's moving, precise and batch statistics (bnexp.evaluation); only in
+    # completed runs with BN-type layers.
+    eval_statistics: dict[str, Any]
     wall_seconds: float
     started_at: str
     finished_at: str
@@ -363,7 +378,13 @@ def _older_facts(config: dict) -> RunFacts:
         precise = 0
     return RunFacts(norm=kind, norm_groups=norm.get("groups", DEFAULT_GROUPS) if kind == "group" else None,
                     precise_stats=precise, builder=section("model").get("builder"),
-                    num_classes=_OLDER_BUILTIN_CLASSES.get(str(section("data").get("dataset", ""))))
+                    num_classes=_OLDER_BUILTIN_CLASSES.get(str(section("data").get("dataset", ""))),
+                    virtual_batch_size=_positive(batch_norm.get("virtual_batch_size")) if kind in WITH_MOVING_STATISTICS
+                    else None)
+
+
+def _positive(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 @dataclass(frozen=True)

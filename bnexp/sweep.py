@@ -52,7 +52,8 @@ class RunSpec:
         groups = norm.group_count(model.norm.groups)
         return RunFacts(norm=kind, norm_groups=groups if norm.groups is None else None,
                         precise_stats=precise, builder=model.builder,
-                        num_classes=builtin_num_classes(self.config.data.dataset))
+                        num_classes=builtin_num_classes(self.config.data.dataset),
+                        virtual_batch_size=model.batch_norm.virtual_batch_size if norm.moving_statistics else None)
 
     def record(self) -> SpecRecord:
         """What spec.json holds (store.write_spec writes it)."""
@@ -171,6 +172,7 @@ LATER_FIELDS: dict[str, object] = {
     "model.norm": {"kind": "batch", "groups": DEFAULT_GROUPS},
     "model.head": "flatten",
     "model.batch_norm.precise_stats": 0,
+    "model.batch_norm.virtual_batch_size": None,
     "train.eval_every_steps": 0,
     "train.eval_subset": None,
     "model.builder": None,

@@ -27,6 +27,7 @@ from bnexp.callbacks import (Checkpoint, Divergence, HistoryLog, PreciseBatchNor
 from bnexp.config.schema import RunConfig, TrainConfig
 from bnexp.data.datasets import load_dataset
 from bnexp.errors import ResultsError
+from bnexp.evaluation import evaluate_statistics
 from bnexp.machine import keras_backend
 from bnexp.metrics import ACCURACY, LOSS
 from bnexp.models import build_model, count_params
@@ -146,6 +147,10 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
                           callbacks=precise)
     result.update(status=COMPLETED, test_loss=float(test[LOSS]), test_accuracy=float(test[ACCURACY]),
                   test_error=1.0 - float(test[ACCURACY]))
+    statistics = evaluate_statistics(model, data.x_test, data.y_test, batches, config.model.batch_norm.precise_stats,
+                                     train.batch_size, eval_batch, config.seed, test)
+    if statistics:
+        result["eval_statistics"] = statistics
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -48,6 +48,8 @@ def stored(results_dir, runs):
         history = [{k: v for k, v in epoch.items() if k != "epoch_seconds"} for epoch in read_history(run_dir / HISTORY)]
         result = {k: v for k, v in read_json(run_dir / RESULT).items()
                   if k not in ("wall_seconds", "started_at", "finished_at", "environment")}
+        if isinstance(result.get("eval_statistics"), dict):
+            result["eval_statistics"] = {k: v for k, v in result["eval_statistics"].items() if k != "seconds"}
         out[spec.run_id] = (read_json(run_dir / SPEC), history, result)
     return out
 
@@ -71,12 +73,19 @@ def assert_close_runs(a, b):
         for epoch_a, epoch_b in zip(history_a, history_b):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 assert epoch_a[key] == pytest.approx(epoch_b[key], rel=1e-4, abs=1e-5), (run_id, key)
-        assert result_a.keys() == result_b.keys()
-        for key, value in result_a.items():
-            if isinstance(value, float):
-                assert value == pytest.approx(result_b[key], rel=1e-4, abs=1e-5), (run_id, key)
-            else:
-                assert value == result_b[key], (run_id, key)
+        assert_close(result_a, result_b, run_id)
+
+
+def assert_close(a, b, where):
+    """Equal, floats at any depth (eval_statistics' scores) to float32 rounding."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), where
+    else:
+        assert a == b, where
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def test_status_plan_and_report_use_one_word_for_a_run_not_started(write_config,
 
 GROUP_ARMS = {"arms": {"none": {"model.norm.kind": "none"},
                        "group": {"model.norm.kind": "group", "model.norm.groups": 2}}}
-NO_FACTS = {"norm_groups": None, "precise_stats": 0, "builder": None, "num_classes": None}
+NO_FACTS = {"norm_groups": None, "precise_stats": 0, "builder": None, "num_classes": None, "virtual_batch_size": None}
 
 
 @pytest.mark.parametrize("arm, changes, facts", [
@@ -126,6 +126,8 @@ NO_FACTS = {"norm_groups": None, "precise_stats": 0, "builder": None, "num_class
     ("no_bn", {"model.batch_norm": {"precise_stats": 3}}, {**NO_FACTS, "norm": "none"}),
     ("bn", {"model.batch_norm": {"precise_stats": 3}}, {**NO_FACTS, "norm": "batch", "precise_stats": 3}),
     ("bn", {"model.batch_norm": {"renorm": True}}, {**NO_FACTS, "norm": "batch_renorm"}),
+    ("bn", {"model.batch_norm": {"virtual_batch_size": 2}}, {**NO_FACTS, "norm": "batch", "virtual_batch_size": 2}),
+    ("no_bn", {"model.batch_norm": {"virtual_batch_size": 2}}, {**NO_FACTS, "norm": "none"}),
     ("group", {**GROUP_ARMS, "model.batch_norm": {"precise_stats": 3}},
      {**NO_FACTS, "norm": "group", "norm_groups": 2}),
 ])
@@ -146,7 +148,7 @@ def test_facts_of_an_older_spec_name_a_built_in_dataset_s_classes(tmp_path):
     write_json(run_dir / store.SPEC, {"format": store.RESULTS_FORMAT, "arm": "bn", "seed": 0,
                                       "config": {"data": {"dataset": "cifar10"}, "model": {"builder": "m.py:f"}}})
     assert open_run(run_dir).facts == {"norm": "batch", "norm_groups": None, "precise_stats": 0,
-                                       "builder": "m.py:f", "num_classes": 10}
+                                       "builder": "m.py:f", "num_classes": 10, "virtual_batch_size": None}
 
 
 def test_the_report_reads_runs_without_config_data_or_a_backend(write_config, tmp_path):

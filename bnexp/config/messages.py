@@ -19,9 +19,11 @@ def validate(model_cls: type[BaseModel], raw: dict, source: str, key_sources: di
         return model_cls.model_validate(raw, context=context)
     except ValidationError as exc:
         keypath, message = describe_error(model_cls, exc)
+        # Else a key the message names: a check across sections (model.batch_norm.virtual_batch_size and
+        # train.batch_size) may be broken by a sweep or an arm that set the other key.
         origin = next(
             (label for key, label in key_sources.items() if related(keypath, key)),
-            source,
+            next((label for key, label in key_sources.items() if key in message), source),
         )
         raise ConfigError(f"{origin}: {keypath}: {message}") from None
 

@@ -143,6 +143,10 @@ class BatchNormConfig(Strict):
     # > 0: before every evaluation, BN's moving statistics are recomputed as the mean over this many
     # training batches (PreciseBN), then put back: early moving averages lag far behind the weights.
     precise_stats: int = Field(0, ge=0)
+    # Ghost batch normalisation (Hoffer et al. 2017): the batch kinds normalise each group of this many
+    # samples of a training batch with the group's own statistics; None: the whole batch. It must divide
+    # train.batch_size. Group, layer and none arms normalise per sample (or not at all) and ignore it.
+    virtual_batch_size: PositiveInt | None = None
 
 
 class NormConfig(Strict):
@@ -313,6 +317,16 @@ class RunConfig(Strict):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="after")
+    def _ghost_batches_divide_the_batch(self):
+        size, batch = self.model.batch_norm.virtual_batch_size, self.train.batch_size
+        if size is not None and batch % size:
+            divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+            raise ValueError(f"model.batch_norm.virtual_batch_size: {size} does not divide train.batch_size {batch}, "
+                             f"so a batch would not split into ghost batches of {size}; allowed: a divisor of "
+                             f"{batch} ({', '.join(map(str, divisors))}), or leave it unset for the whole batch")
+        return self
 
 
 # A section of the experiment as written (YAML, then --set and --sweep), read-only all the way down

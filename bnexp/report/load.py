@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from bnexp.errors import ResultsError
-from bnexp.metrics import EPOCH_METRICS, VAL_ACCURACY, VAL_LOSS
+from bnexp.metrics import EPOCH_METRICS, EVAL_STATISTICS, VAL_ACCURACY, VAL_LOSS
 from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, PENDING, RESULT_FIELDS, SPEC, STATUS_TEXTS, RunFacts,
-                         open_run, read_experiment)
+                         norm_label, open_run, read_experiment)
 
 # A completed run is "stuck at chance" when its final accuracy is at most chance plus this
 # margin: 5 points, or half the chance rate when that is smaller (many classes).
@@ -96,9 +96,7 @@ def sort_key(value) -> tuple:
 
 def _fact_columns(facts: RunFacts) -> dict:
     """The columns a run's recorded facts (store.RunFacts) contribute to the runs table."""
-    norm = facts.get("norm", "batch")
-    return {"num_classes": facts.get("num_classes"),
-            "norm": f"group ({facts.get('norm_groups')} groups)" if norm == "group" else norm,
+    return {"num_classes": facts.get("num_classes"), "norm": norm_label(facts),
             "builder": facts.get("builder"), "precise_stats": facts.get("precise_stats", 0)}
 
 
@@ -111,7 +109,7 @@ def chance_threshold(num_classes: float) -> float:
 # result.json's numeric fields, as numbers (NaN for null) in the runs table.
 NUMERIC_RESULT_FIELDS = [name for name in RESULT_FIELDS
                          if name not in ("status", "error", "diverged_steps", "num_classes", "started_at",
-                                         "finished_at", "environment", "resumed_from_epoch")]
+                                         "finished_at", "environment", "resumed_from_epoch", "eval_statistics")]
 
 
 def _result_fields(result: dict) -> dict:
@@ -124,6 +122,11 @@ def _result_fields(result: dict) -> dict:
         if isinstance(steps, list) and len(steps) == 2 and all(is_number(v) for v in steps) else None
     if math.isnan(fields["test_error"]) and not math.isnan(fields["test_accuracy"]):
         fields["test_error"] = 1 - fields["test_accuracy"]
+    statistics = result.get("eval_statistics")
+    if isinstance(statistics, dict):  # test_error_moving, ...: columns only where some run has them (BN arms)
+        for name in EVAL_STATISTICS:
+            scores = statistics.get(name) if isinstance(statistics.get(name), dict) else {}
+            fields[f"test_error_{name}"] = _number(scores.get("test_error"))
     given = result.get("num_classes")
     if isinstance(given, int) and not isinstance(given, bool) and given >= 2:
         fields["num_classes"] = given

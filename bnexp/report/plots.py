@@ -94,7 +94,8 @@ def plot_curves(history: pd.DataFrame, arms: list[str], colours: dict[str, str],
             if len(curve) > 1:
                 ax.fill_between(curve.index, curve["min"], curve["max"], color=colours[arm], alpha=0.15, lw=0)
             else:  # a band needs two epochs: the range over seeds as an error bar instead
-                spread = [curve["mean"] - curve["min"], curve["max"] - curve["mean"]]
+                # clip: the mean of equal values can round past them, and matplotlib refuses a negative bar
+                spread = [(curve["mean"] - curve["min"]).clip(lower=0), (curve["max"] - curve["mean"]).clip(lower=0)]
                 ax.errorbar(curve.index, curve["mean"], yerr=spread, color=colours[arm], capsize=3, linestyle="none")
             if scale == 1:
                 positive_loss &= bool((curve["min"].dropna() > 0).all())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from bnexp import __version__
@@ -235,6 +236,45 @@ def _steps_section(exp: Experiment, colours: dict, metric: str | None, value: fl
     return section
 
 
+def _eval_statistics_section(exp: Experiment) -> Section | None:
+    """None when no run evaluated BN's statistics (no BN-type arm, or runs from an older bnexp)."""
+    keys = exp.sweep_keys
+    raw = tables.eval_statistics_table(exp.runs, keys)
+    if raw.empty:
+        return None
+    section = Section(
+        "eval-statistics", "Test error by BN's statistics",
+        "Each completed run with BN-type layers was also evaluated on the test set with (a) the moving averages "
+        "Keras keeps and uses at inference, (b) precise population statistics recomputed from training batches, "
+        "and (c) each test batch's own statistics, as in training (batches of train.batch_size; ghost batches "
+        "within them). Same weights in all three: the gaps are the statistics' share of the test error, paired "
+        "within each run (mean over seeds, 95% interval from the t distribution). A flag marks a cell whose "
+        "moving − precise gap exceeds the seeds' spread (the sd over seeds of (b)): there the test error is the "
+        "moving averages, not the weights.",
+    )
+
+    def gap(mean, low, high) -> str:
+        if np.isnan(low):
+            return pp(mean)
+        return f"{pp(mean)} [{pp(low)}, {pp(high)}]"
+
+    display = pd.DataFrame({
+        **key_columns(raw, keys), "arm": raw.arm, "runs": raw.n.map(count),
+        "(a) moving (%)": raw.moving_mean.map(pct), "(b) precise (%)": raw.precise_mean.map(pct),
+        "(c) batch (%)": raw.batch_mean.map(pct),
+        "a − b (pp) [95% CI]": [gap(*v) for v in zip(raw.moving_gap_mean, raw.moving_gap_ci_low,
+                                                    raw.moving_gap_ci_high)],
+        "c − b (pp) [95% CI]": [gap(*v) for v in zip(raw.batch_gap_mean, raw.batch_gap_ci_low,
+                                                    raw.batch_gap_ci_high)],
+        "seeds' sd of b (pp)": raw.precise_sd.map(lambda v: fmt(v, ".2f", 100)),
+        "flag": raw.flagged.map(lambda f: "this test error is the moving averages, not the weights" if f else ""),
+    })
+    section.tables.append(Table("eval_statistics", "Test error by BN's statistics", raw, display))
+    if raw.precise_sd.isna().any():
+        section.notes.append("Cells with one seed have no spread, so they are never flagged.")
+    return section
+
+
 def _stability_section(exp: Experiment) -> Section:
     keys = exp.sweep_keys
     raw = tables.stability_table(exp.runs, keys)
@@ -454,14 +494,15 @@ def build_sections(exp: Experiment, target_metric: str | None = None,
     stability = _stability_section(exp)
     summary = _summary_section(exp, paired.tables[0].raw if paired.tables else pd.DataFrame(),
                                stability.tables[0].raw)
-    return [
+    return [section for section in [
         summary,
         _test_error_section(exp, colours),
         paired,
+        _eval_statistics_section(exp),
         _curves_section(exp, colours),
         _steps_section(exp, colours, target_metric, target_value),
         stability,
         _parameters_section(exp),
         _missing_section(exp),
         _runs_section(exp),
-    ]
+    ] if section is not None]

@@ -21,7 +21,8 @@ from statsmodels.stats.multitest import multipletests
 from bnexp.config.keypaths import LEARNING_RATE_KEY
 from bnexp.report.cells import point_label
 from bnexp.report.load import Experiment, chance_threshold, final_values, is_number
-from bnexp.metrics import ACCURACY, DEFAULT_TARGET_METRIC, LOSS, TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy
+from bnexp.metrics import (ACCURACY, BATCH, DEFAULT_TARGET_METRIC, EVAL_STATISTICS, LOSS, MOVING, PRECISE,
+                           TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy)
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, INCOMPLETE, RUNNING, STATUS_TEXTS, UNFINISHED
 
 CONFIDENCE = 0.95
@@ -444,6 +445,37 @@ def stability_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def eval_statistics_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per sweep point and arm with BN-type layers: the mean test error of its completed runs with BN's moving,
+    precise and batch statistics (result.json eval_statistics), the gaps moving − precise and batch − precise
+    paired within each run (mean and 95% interval over the seeds), and the seeds' spread (sd of the precise
+    error). `flagged`: the moving − precise gap is larger than that spread, so the arm's test error there says
+    more about its moving averages than about its weights."""
+    columns = [f"test_error_{name}" for name in EVAL_STATISTICS]
+    if runs.empty or not all(column in runs for column in columns):
+        return pd.DataFrame()
+    rows = []
+    for _, group in _by_point_and_arm(runs):
+        evaluated = group[group.status == COMPLETED].dropna(subset=columns)
+        if evaluated.empty:
+            continue
+        moving, precise, batch = (evaluated[f"test_error_{name}"].to_numpy() for name in (MOVING, PRECISE, BATCH))
+        stale, in_batches = _paired_stats(moving, precise), _paired_stats(batch, precise)
+        spread = precise.std(ddof=1) if len(precise) > 1 else np.nan
+        rows.append({
+            **_point_columns(group, keys), "arm": group.arm.iloc[0], "n": len(evaluated),
+            **{f"{name}_mean": errors.mean() for name, errors in
+               ((MOVING, moving), (PRECISE, precise), (BATCH, batch))},
+            "moving_gap_mean": stale["diff_mean"], "moving_gap_ci_low": stale["ci_low"],
+            "moving_gap_ci_high": stale["ci_high"],
+            "batch_gap_mean": in_batches["diff_mean"], "batch_gap_ci_low": in_batches["ci_low"],
+            "batch_gap_ci_high": in_batches["ci_high"],
+            "precise_sd": spread,
+            "flagged": bool(abs(stale["diff_mean"]) > spread) if not np.isnan(spread) else False,
+        })
+    return pd.DataFrame(rows)
+
+
 def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per arm (and value of the other swept keys): the largest learning rate at which every
     finished run trained (completed, not stuck at chance), and the smallest at which one did not."""
@@ -502,10 +534,12 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
 def report_tables(exp: Experiment, target_metric: str | None = None,
                   target_value: float | None = None) -> dict[str, pd.DataFrame]:
     """Every table of the report by its file name (tables/<name>.csv), full precision; a table
-    the report leaves out for lack of data is an empty frame here."""
+    the report leaves out for lack of data is an empty frame here, but eval_statistics is left out where no
+    run evaluated BN's statistics (experiments without BN, or trained by an older bnexp)."""
     keys, ref, runs = exp.sweep_keys, exp.reference_arm, exp.runs
     target = resolve_target(runs, exp.history, keys, ref, target_metric, target_value)
     per_run = steps_per_run(runs, exp.history, exp.step_losses, target, exp.step_evals) if target else pd.DataFrame()
+    statistics = eval_statistics_table(runs, keys)
     return {
         "test_error": test_error_table(runs, keys),
         "paired_difference": paired_table(runs, keys, exp.arms, ref, exp.seeds),
@@ -516,4 +550,5 @@ def report_tables(exp: Experiment, target_metric: str | None = None,
         "parameters": parameter_table(runs, keys, ref),
         "missing": missing_table(runs, exp.missing, keys),
         "runs": runs_table(runs),
+        **({"eval_statistics": statistics} if not statistics.empty else {}),
     }
