@@ -13,7 +13,7 @@ from typing import Sequence
 
 from bnexp import store
 from bnexp.config.schema import ExperimentConfig
-from bnexp.executors import (NOT_TRAINED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
+from bnexp.executors import (NOT_TRAINED, RETRIED, SKIPPED, Executor, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
 from bnexp.config.keypaths import short_key
 from bnexp.metrics import EPOCH_METRICS
@@ -78,12 +78,14 @@ class SweepSummary:
     statuses: Counter = field(default_factory=Counter)  # of the runs this process trained
     elsewhere: int = 0  # being trained by another process when their turn came
     interrupted: bool = False
+    retried: int = 0  # runs submitted again after their Ray node or worker was lost
 
     @property
     def left(self) -> int:
         return self.total - self.skipped - self.elsewhere - sum(self.statuses.values())
 
     def add(self, result: dict) -> None:
+        self.retried += bool(result.get(RETRIED))
         if result["status"] == SKIPPED:
             self.skipped += 1
         elif result["status"] == store.RUNNING:
@@ -101,6 +103,8 @@ class SweepSummary:
         elsewhere = f"{self.elsewhere} running in another bnexp process; " if self.elsewhere else ""
         line = (f"{self.total} runs: {done}; {self.skipped} already complete (skipped); "
                 f"{elsewhere}{self.left} left")
+        if self.retried:
+            line += f"; {self.retried} retried after losing their Ray node or worker"
         if self.interrupted:
             line = f"interrupted: {line} (run the same command again to resume)"
         return line
