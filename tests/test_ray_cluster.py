@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="bnexp[ray] is not installed (pip install 'bnexp[ray]')")
+from ray._common.utils import reset_ray_address  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # The Cluster advertises itself in /tmp/ray/ray_current_cluster, where a plain ray.init() in another
+    # test process (pytest -n) would find it and join it instead of starting its own instance.
+    reset_ray_address()
     yield cluster
     cluster.shutdown()
 
