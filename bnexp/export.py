@@ -7,7 +7,8 @@ and per logged step where recorded); its result as final metrics; MLflow status 
 or diverged, a recorded result) or FAILED. Exporting again matches runs on the `bnexp.run_id` tag:
 an unchanged run is skipped, a run trained again since is replaced, so nothing is doubled.
 
-Reads the results only through bnexp.store (read_stored_runs) and never imports TensorFlow.
+Reads the runs through bnexp.store (read_stored_runs, the one place) and the tables through the
+report's loader; never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -160,10 +161,10 @@ def _call(uri: str, function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except MlflowException as error:
-        raise BnexpError(f"--tracking-uri {uri}: {_first_sentence(one_line(error))}") from None
+        raise BnexpError(f"--tracking-uri {uri}: {_reason(one_line(error))}") from None
 
 
-def _first_sentence(text: str) -> str:
+def _reason(text: str) -> str:
     reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)  # a connection error inside MLflow's retry message
     return f"the tracking server did not answer ({reason.group(1).strip()})" if reason else text
 
