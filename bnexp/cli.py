@@ -197,6 +197,45 @@ def status(target, results_dir):
     click.echo(experiments_status(results_dir, target))
 
 
+@main.group(cls=Group)
+def export():
+    """Export experiments to an experiment tracker (MLflow).
+
+    \b
+    Example:
+      bnexp export mlflow lr_sweep --tracking-uri http://localhost:5000
+    """
+
+
+@export.command()
+@click.argument("target", required=False)
+@results_option
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI", show_envvar=True, metavar="URI",
+              help="The MLflow store: a tracking server (http://host:5000), a folder (mlruns), or a database "
+                   "(sqlite:///mlflow.db; needs the full mlflow package).")
+@click.option("--experiment-name", metavar="NAME",
+              help="MLflow experiment to log into [default: the bnexp experiment's name].")
+def mlflow(target, results_dir, tracking_uri, experiment_name):
+    """Log every finished run of TARGET (default: every experiment under --results) to MLflow.
+
+    Each run becomes an MLflow run (its configuration as params; arm, seed and sweep point as tags;
+    its history and test metrics as metrics), under one parent run per experiment holding the
+    report's tables. Exporting again skips unchanged runs and replaces retrained ones, matched on the
+    tag bnexp.run_id. Runs not finished yet are counted and left for a later export. Needs
+    pip install 'bnexp[mlflow]'.
+
+    \b
+    Example:
+      bnexp export mlflow lr_sweep --tracking-uri mlruns
+      bnexp export mlflow --tracking-uri http://localhost:5000 --experiment-name bn-lr
+    """
+    from bnexp.export import export_mlflow
+
+    for summary in export_mlflow(results_dir, target, tracking_uri, experiment_name):
+        for line in summary.lines():
+            click.echo(line)
+
+
 def _check_target(metric: str | None, value: float | None) -> None:
     """A --target-value the metric can reach and not every run meets at once."""
     if value is None:

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from bnexp.errors import BnexpError, ConfigError
 from bnexp.machine import keras_backend, physical_memory
-from bnexp.store import RUNNING, RunLocked, open_run, pack_run, run_dir, run_lock, unpack_run
+from bnexp.store import FAILED, RUNNING, RunLocked, open_run, pack_run, run_dir, run_lock, unpack_run
 from bnexp.sweep import RunSpec
 
 # A worker's epoch records reach the driver through this queue (set in each worker process).
@@ -32,6 +32,9 @@ _epoch_queue: multiprocessing.Queue | None = None
 _threads_set = False
 # The driver's settings a Ray task needs: the Keras backend, and JAX's share of a shared GPU.
 FORWARDED_ENV = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+# A Ray task whose node (or worker process) is lost is submitted again, at most this many times;
+# the driver counts the tries in the run's record under RETRIED, for the sweep's summary.
+RAY_RETRIES, RETRIED = 3, "retried"
 # Ray itself retries an unreachable cluster for 30 s to 80 s and then raises a traceback; a head
 # node that is up answers a TCP connection within milliseconds.
 RAY_CONNECT_TIMEOUT = 5.0
@@ -296,7 +299,8 @@ def run_ray(address: str | None = None, cpus_per_run: float | None = None, gpus_
 
     A task trains in a scratch folder on its node and returns the run's files; the driver holds
     the run's lock meanwhile and writes them into the results folder, so the nodes need the data
-    but no shared file system. A run interrupted before its task returned starts over.
+    but no shared file system. A run interrupted before its task returned starts over; so does a run
+    whose node is lost (up to RAY_RETRIES times), which nothing of the lost try reaches the results folder.
     """
     cpus_per_run = 1 if cpus_per_run is None else cpus_per_run
     gpus_per_run = 0 if gpus_per_run is None else gpus_per_run
@@ -313,11 +317,13 @@ def run_ray(address: str | None = None, cpus_per_run: float | None = None, gpus_
             return
         # A cluster's workers start with their node's environment, not the driver's.
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
+        # max_retries=0: the driver, not Ray, submits a lost run again, so it can count the tries.
+        task = ray.remote(_train_remote).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0,
                                                  **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}))
         threads = max(1, int(cpus_per_run))
         shipped = dataclasses.replace(context, on_epoch=None)
         pending: dict = {}  # task -> (spec, the claim on its run)
+        lost: dict[str, int] = {}  # run id -> tries whose node or worker was lost
         try:
             for spec in runs:
                 claim = contextlib.ExitStack()
@@ -330,16 +336,34 @@ def run_ray(address: str | None = None, cpus_per_run: float | None = None, gpus_
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 spec, claim = pending.pop(ref)
-                with claim:
+                try:
                     result, files = ray.get(ref)
+                except _lost_try_errors(ray) as error:
+                    lost[spec.run_id] = lost.get(spec.run_id, 0) + 1
+                    if lost[spec.run_id] <= RAY_RETRIES:
+                        pending[task.remote(spec, shipped, threads)] = spec, claim
+                        continue
+                    claim.close()
+                    yield spec, {"status": FAILED, RETRIED: lost[spec.run_id] - 1, "wall_seconds": 0.0,
+                                 "error": f"lost its Ray node or worker {lost[spec.run_id]} times "
+                                          f"({type(error).__name__}); the next `bnexp run` trains it again"}
+                    continue
+                with claim:
                     unpack_run(context.run_dir(spec), files)
-                yield spec, result
+                yield spec, {**result, RETRIED: lost[spec.run_id]} if spec.run_id in lost else result
         finally:
             for ref, (_, claim) in pending.items():
                 ray.cancel(ref, force=True)
                 claim.close()
 
     return execute
+
+
+def _lost_try_errors(ray) -> tuple[type[BaseException], ...]:
+    """What ray.get raises when a task's try was lost with its node or worker process, not failed by
+    bnexp's own code: such a run is submitted again."""
+    errors = ray.exceptions
+    return (errors.NodeDiedError, errors.WorkerCrashedError, errors.LocalRayletDiedError, errors.ObjectLostError)
 
 
 def _connect_ray(ray, address: str | None) -> None:
@@ -379,7 +403,15 @@ def _check_ray_resources(ray, cpus: float, gpus: float) -> None:
 
 
 def _train_remote(spec: RunSpec, context: RunContext, threads: int) -> tuple[dict, dict[str, str]]:
-    """A Ray task: train `spec` in a scratch folder; its result record and its records (store.pack_run)."""
+    """A Ray task: train `spec` in a scratch folder; its result record and its records (store.pack_run).
+    On a node without the data folder, a failed record naming the node and the folder, and no records."""
+    if context.data_dir is not None and not Path(context.data_dir).is_dir():
+        import ray
+
+        node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+        return {"status": FAILED, "wall_seconds": 0.0,
+                "error": f"Ray node {node} has no data folder {context.data_dir} (--data-dir); put the data "
+                         "there on every node, or pass the folder the nodes have"}, {}
     set_backend_threads(threads)
     with tempfile.TemporaryDirectory(prefix="bnexp-") as scratch:
         scratch_context = dataclasses.replace(context, results_dir=Path(scratch))

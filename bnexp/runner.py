@@ -15,7 +15,7 @@ from typing import Sequence
 from bnexp import store
 from bnexp.config.schema import ExperimentConfig
 from bnexp.errors import ResultsError
-from bnexp.executors import (Executor, NotTrained, RunContext, check_executor_options, check_tensorboard,
+from bnexp.executors import (RETRIED, Executor, NotTrained, RunContext, check_executor_options, check_tensorboard,
                              make_executor, run_sequential)
 from bnexp.config.keypaths import point_label
 from bnexp.metrics import EPOCH_METRICS
@@ -128,12 +128,14 @@ class SweepSummary:
     statuses: Counter = field(default_factory=Counter)  # of the runs this process trained
     elsewhere: int = 0  # being trained by another process when their turn came
     interrupted: bool = False
+    retried: int = 0  # runs submitted again after their Ray node or worker was lost
 
     @property
     def left(self) -> int:
         return self.total - self.skipped - self.elsewhere - sum(self.statuses.values())
 
     def add(self, result: dict) -> None:
+        self.retried += bool(result.get(RETRIED))
         if isinstance(result, NotTrained) and result["status"] == store.RUNNING:
             self.elsewhere += 1
         elif isinstance(result, NotTrained):
@@ -151,6 +153,8 @@ class SweepSummary:
         elsewhere = f"{self.elsewhere} running in another bnexp process; " if self.elsewhere else ""
         line = (f"{self.total} runs: {done}; {self.skipped} already complete (skipped); "
                 f"{elsewhere}{self.left} left")
+        if self.retried:
+            line += f"; {self.retried} retried after losing their Ray node or worker"
         if self.interrupted:
             line = f"interrupted: {line} (run the same command again to resume)"
         return line

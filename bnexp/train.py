@@ -28,6 +28,7 @@ from bnexp.config.schema import RunConfig, TrainConfig
 from bnexp.data.datasets import load_dataset
 from bnexp.errors import ResultsError
 from bnexp.evaluation import evaluate_statistics
+from bnexp.hparams import write_hparams
 from bnexp.machine import keras_backend
 from bnexp.metrics import ACCURACY, LOSS
 from bnexp.models import build_model, count_params
@@ -35,6 +36,9 @@ from bnexp.optimizers import OPTIMIZERS
 from bnexp.store import (CHECKPOINT, COMPLETED, DIVERGED, FAILED, HISTORY, HistoryRow, ResultRecord, read_spec,
                          write_result, write_spec)
 from bnexp.sweep import RunSpec
+
+# `--tensorboard` logs: Keras' curves in its train/ and validation/, the HParams record (bnexp.hparams) above them.
+TENSORBOARD = "tensorboard"
 
 
 def train_run(
@@ -81,6 +85,8 @@ def train_run(
         environment=environment(),
     )
     write_result(run_dir, result)
+    if tensorboard:
+        write_hparams(run_dir / TENSORBOARD, record, result, step=history[-1].get("step", 0) if history else 0)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return result
 
@@ -135,7 +141,7 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
         checkpoint,
     ]
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD)))
     # shuffle=False: Keras would otherwise serve the batches of an epoch in a random order of its own.
     model.fit(batches, epochs=train.epochs, initial_epoch=len(history), shuffle=False,
               validation_data=(data.x_val, data.y_val), validation_batch_size=eval_batch, callbacks=callbacks,

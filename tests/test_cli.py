@@ -100,9 +100,9 @@ def test_missing_dataset_is_one_line_before_any_training(cli, write_config, tmp_
     assert not result_files(tmp_path)
 
 
-@pytest.mark.parametrize("command", ["plan", "run", "report", "status"])
+@pytest.mark.parametrize("command", ["plan", "run", "report", "status", "export", "export mlflow"])
 def test_every_command_has_help_with_an_example(command):
-    out = CliRunner().invoke(main, [command, "-h"])
+    out = CliRunner().invoke(main, [*command.split(), "-h"])
     assert out.exit_code == 0 and "Example:" in out.output and "bnexp " + command in out.output
 
 
