@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from bnexp.builders import Builder, check, locate
 from bnexp.config.keypaths import point_label
-from bnexp.config.schema import DataConfig, ExperimentConfig, RunConfig, load_config, older_norm_spelling
+from bnexp.config.schema import DataConfig, ExperimentConfig, RunConfig, older_norm_spelling
+from bnexp.config.load import load_config
 from bnexp.errors import ConfigError, DataError
 from bnexp.norms import DEFAULT_GROUPS, NORMS
 from bnexp.store import RunFacts, SpecRecord

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.errors import BnexpError, ConfigError
 from bnexp.plan import plan_experiment
 from bnexp.runner import run_experiment

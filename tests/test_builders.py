@@ -11,7 +11,7 @@ import yaml
 import bnexp
 from bnexp import report
 from bnexp.report import sections
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.sweep import load_runs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "resnet.py"

@@ -12,7 +12,7 @@ from bnexp import report
 from bnexp.report import sections
 
 from bnexp.report import tables
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs
 from bnexp.callbacks import Divergence, PreciseBatchNorm, recompute_bn_statistics

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.sweep import expand_runs
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnexp.cli import main
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.runner import write_experiment
 from bnexp.sweep import expand_runs
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from bnexp.config import schema
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.sweep import expand_runs
 
 CONFIG = """\

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from bnexp.cli import main
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 
 # Each trains every arm of a shipped CIFAR-10 network (tens of seconds on 2 cores): CI's slow lane.
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.errors import BnexpError
 from bnexp.executors import (
     RunContext, _check_ray_resources, default_workers, make_executor, run_processes, run_ray, run_sequential,

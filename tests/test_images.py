@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from bnexp.config.schema import DataConfig, load_config
+from bnexp.config.schema import DataConfig
+from bnexp.config.load import load_config
 from bnexp.data.datasets import describe_images, fingerprint, load_dataset
 from bnexp.errors import ConfigError
 from bnexp.sweep import expand_runs

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnexp.config.schema import ModelConfig, RunConfig, load_config
+from bnexp.config.schema import ModelConfig, RunConfig
+from bnexp.config.load import load_config
 from bnexp.errors import ConfigError
 from bnexp.models import build_model, count_params
 from bnexp.sweep import run_id

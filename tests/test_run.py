@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bnexp import report, store
 from bnexp.cli import main
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.runner import write_experiment
 from bnexp.store import open_run, run_lock, write_history, write_json, write_spec
 from bnexp.sweep import expand_runs

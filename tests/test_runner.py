@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 import bnexp.store
 from bnexp.cli import main
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.executors import RunContext, train_one
 from bnexp.runner import write_experiment
 from bnexp.store import LOCK, run_lock, write_history, write_json, write_spec

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from bnexp.config.schema import EarlyStoppingConfig, load_config
+from bnexp.config.schema import EarlyStoppingConfig
+from bnexp.config.load import load_config
 from bnexp.sweep import expand_runs
 from bnexp.callbacks import ResumableEarlyStopping, StepLossLog
 from bnexp.train import EpochBatches, epoch_order, train_run

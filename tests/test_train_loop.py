@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from bnexp.config.schema import load_config
+from bnexp.config.load import load_config
 from bnexp.data.datasets import load_dataset
 from bnexp.models import build_model
 from bnexp.sweep import expand_runs

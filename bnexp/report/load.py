@@ -19,14 +19,11 @@ import numpy as np
 import pandas as pd
 
 from bnexp.errors import ResultsError
+from bnexp.report.tables import report_tables
+from bnexp.report.values import chance_threshold, final_values, is_number, sort_key
 from bnexp.metrics import EPOCH_METRICS, EVAL_STATISTICS, VAL_ACCURACY, VAL_LOSS
 from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, PENDING, RESULT_FIELDS, SPEC, STATUS_TEXTS, RunFacts,
                          norm_label, open_run, read_experiment)
-
-# A completed run is "stuck at chance" when its final accuracy is at most chance plus this
-# margin: 5 points, or half the chance rate when that is smaller (many classes).
-CHANCE_MARGIN = 0.05
-
 
 STEP_EVAL_COLUMNS = ["run_id", "step", VAL_LOSS, VAL_ACCURACY]
 
@@ -56,14 +53,7 @@ class Experiment:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The report's tables by file name (tables/<name>.csv), with its default steps-to-target
         threshold; computed on first use."""
-        from bnexp.report.tables import report_tables  # bnexp.report.tables imports this module
-
         return report_tables(self)
-
-
-def is_number(value) -> bool:
-    """True for ints and floats (numpy's too), False for bools, text and everything else."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _number(value) -> float:
@@ -85,25 +75,10 @@ def _point_value(value):
     return value
 
 
-def sort_key(value) -> tuple:
-    """Numbers in numeric order, then text, then missing values."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return (2, 0.0, "")
-    if is_number(value):
-        return (0, float(value), "")
-    return (1, 0.0, str(value))
-
-
 def _fact_columns(facts: RunFacts) -> dict:
     """The columns a run's recorded facts (store.RunFacts) contribute to the runs table."""
     return {"num_classes": facts.get("num_classes"), "norm": norm_label(facts),
             "builder": facts.get("builder"), "precise_stats": facts.get("precise_stats", 0)}
-
-
-def chance_threshold(num_classes: float) -> float:
-    """Highest final accuracy that still counts as stuck at chance for `num_classes` classes."""
-    chance = 1 / num_classes
-    return chance + min(CHANCE_MARGIN, chance / 2)
 
 
 # result.json's numeric fields, as numbers (NaN for null) in the runs table.
@@ -238,11 +213,6 @@ def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.Dat
     first = ["run_id", "arm", "seed", *keys]
     runs = runs[[*first, *(c for c in runs.columns if c not in first)]]
     return runs.sort_values(["point_id", "arm_order", "seed"], kind="stable").reset_index(drop=True)
-
-
-def final_values(history: pd.DataFrame) -> pd.DataFrame:
-    """The last logged epoch of each run, indexed by run id."""
-    return history.sort_values(["run_id", "epoch"]).groupby("run_id").tail(1).set_index("run_id")
 
 
 def _add_final_values(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:

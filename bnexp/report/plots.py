@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from bnexp.report.load import is_number
+from bnexp.report.values import is_number
 from bnexp.config.keypaths import LEARNING_RATE_KEY, short_key
 from bnexp.metrics import ACCURACY, LOSS, VAL_ACCURACY, VAL_LOSS, is_accuracy
 from bnexp.report.cells import fmt, point_label, pp, value_label

@@ -17,7 +17,8 @@ from bnexp import __version__
 from bnexp.config.keypaths import short_key
 from bnexp.metrics import LOSS, VAL_ACCURACY, VAL_LOSS
 from bnexp.report import plots, tables
-from bnexp.report.load import CHANCE_MARGIN, Experiment, is_number, sort_key
+from bnexp.report.load import Experiment
+from bnexp.report.values import CHANCE_MARGIN, is_number, sort_key
 from bnexp.report.page import Plot, Section, Table, slug
 from bnexp.store import FINAL_STATUSES
 from bnexp.report.cells import count, fmt, key_columns, p_value_text, pct, point_label, pp, value_label

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,10 +20,13 @@ from statsmodels.stats.multitest import multipletests
 
 from bnexp.config.keypaths import LEARNING_RATE_KEY
 from bnexp.report.cells import point_label
-from bnexp.report.load import Experiment, chance_threshold, final_values, is_number
+from bnexp.report.values import chance_threshold, final_values, is_number
 from bnexp.metrics import (ACCURACY, BATCH, DEFAULT_TARGET_METRIC, EVAL_STATISTICS, LOSS, MOVING, PRECISE,
                            TARGET_METRICS, VAL_ACCURACY, VAL_LOSS, is_accuracy)
 from bnexp.store import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, INCOMPLETE, RUNNING, STATUS_TEXTS, UNFINISHED
+
+if TYPE_CHECKING:  # the loader calls report_tables: an annotation only, no import at run time
+    from bnexp.report.load import Experiment
 
 CONFIDENCE = 0.95
 # Steps-to-target defaults: a level every arm can be expected to reach, derived from the
