@@ -2,28 +2,14 @@
 shares with `bnexp report`, and one-line errors for what it cannot find."""
 
 import pytest
-from click.testing import CliRunner
 
 import bnexp.store
 from bnexp import report, store
-from bnexp.cli import main
 from bnexp.errors import ResultsError
 from bnexp.status import experiments_status
 from bnexp.store import RESULTS_FORMAT, run_lock
 from test_report import ExperimentWriter, completed, epochs
-from test_runner import record_runs
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [*map(str, args)])
-
-
-def one_line_error(out) -> str:
-    """The CLI's output, checked to be a single `Error:` line with exit status 2 and no traceback."""
-    assert out.exit_code == 2, out.output
-    assert out.output.startswith("Error: ") and out.output.count("\n") == 1, out.output
-    assert "Traceback" not in out.output
-    return out.output.strip()
+from test_runner import cli, one_line_error, record_runs
 
 
 def test_status_lists_every_state_of_a_sweep(write_config, tmp_path):

@@ -190,18 +190,14 @@ def paired_table(runs: pd.DataFrame, keys: list[str], arms: list[str], reference
                 notes.append("one seed: no interval or test")
             elif stats["pairs"] > 1 and np.isnan(stats["p_value"]):
                 notes.append("same difference in every seed: no test")
-            if ref_diverged:
-                notes.append(f"{ref_diverged} pair(s) excluded: {reference} diverged ({arm} wins)")
-            if arm_diverged:
-                notes.append(f"{arm_diverged} pair(s) excluded: {arm} diverged ({reference} wins)")
-            if chance_and_diverged:
-                notes.append(f"{chance_and_diverged} pair(s) excluded: one diverged, the other is at chance (no winner)")
-            if both_at_chance:
-                notes.append(f"{both_at_chance} pair(s) both at chance (no winner)")
-            if both_diverged:
-                notes.append(f"{both_diverged} pair(s) excluded: both diverged")
-            if unpaired:
-                notes.append(f"{unpaired} seed(s) without two finished runs")
+            notes += [f"{count} {what}" for count, what in (
+                (ref_diverged, f"pair(s) excluded: {reference} diverged ({arm} wins)"),
+                (arm_diverged, f"pair(s) excluded: {arm} diverged ({reference} wins)"),
+                (chance_and_diverged, "pair(s) excluded: one diverged, the other is at chance (no winner)"),
+                (both_at_chance, "pair(s) both at chance (no winner)"),
+                (both_diverged, "pair(s) excluded: both diverged"),
+                (unpaired, "seed(s) without two finished runs"),
+            ) if count]
             rows.append({
                 **_point_columns(group, keys), "arm": arm, "reference": reference, **stats,
                 "wins": wins, "decided": decided, "note": "; ".join(notes),
