@@ -142,7 +142,7 @@ def startup(folder: Path, data: dict) -> dict:
 
 def report_time(folder: Path, runs: int = 200, epochs: int = 25) -> float:
     """`bnexp report` on `runs` hand-made finished runs: 10 learning rates x 2 arms x 10 seeds."""
-    from bnexp.config.schema import load_config
+    from bnexp.config.load import load_config
     from bnexp.runner import write_experiment
     from bnexp.store import HISTORY, write_history, write_result, write_spec
     from bnexp.sweep import expand_runs
