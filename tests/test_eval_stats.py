@@ -137,9 +137,9 @@ ERRORS = {
 }
 
 
-def eval_sweep(root):
+def eval_sweep(root, errors=ERRORS):
     writer = ExperimentWriter(root, "stats", sweep_keys=[LR])
-    for lr, per_seed in ERRORS.items():
+    for lr, per_seed in errors.items():
         for seed, (moving, precise, batch) in enumerate(per_seed):
             writer.run("no_bn", seed, {LR: lr}, epochs([0.8]), completed(0.2))
             writer.run("bn", seed, {LR: lr}, epochs([0.8]), completed(moving) | {
@@ -184,3 +184,32 @@ def test_runs_without_the_statistics_leave_the_table_out(tmp_path):
     (out,) = report.write_reports(tmp_path, None)
     assert not (out / "tables" / "eval_statistics.csv").exists()
     assert "eval_statistics" not in experiment.load_experiment(path).tables
+
+
+# Cases where a gap must not be flagged or given an interval it does not have (the attack on issue 16).
+HONEST = {
+    # the same moving - precise gap (0.10) in every seed: no spread, so no interval and no flag
+    0.001: [(0.20, 0.10, 0.12), (0.22, 0.12, 0.13), (0.21, 0.11, 0.14)],
+    # moving better than precise by far more than the spread: not "the moving averages' fault"
+    0.01: [(0.10, 0.30, 0.12), (0.12, 0.34, 0.13), (0.11, 0.32, 0.14)],
+    # a mean gap (0.05) above the precise sd (0.01), but the gaps' interval spans 0
+    0.1: [(0.30, 0.10, 0.11), (0.11, 0.11, 0.12), (0.07, 0.12, 0.10)],
+}
+
+
+def test_gaps_without_spread_or_without_a_clear_sign_get_no_interval_and_no_flag(tmp_path):
+    path = eval_sweep(tmp_path, HONEST)
+    (out,) = report.write_reports(tmp_path, None)
+    table = tables.eval_statistics_table(experiment.load_experiment(path).runs, [LR])
+    same = row(table, **{LR: 0.001})
+    assert same.moving_gap_mean == pytest.approx(0.10)
+    assert np.isnan(same.moving_gap_ci_low) and np.isnan(same.moving_gap_ci_high) and not same.flagged
+    better = row(table, **{LR: 0.01})
+    assert better.moving_gap_mean == pytest.approx(-0.21) and not better.flagged
+    unclear = row(table, **{LR: 0.1})
+    assert unclear.moving_gap_mean > unclear.precise_sd and unclear.moving_gap_ci_low < 0 and not unclear.flagged
+    saved = pd.read_csv(out / "tables" / "eval_statistics.csv")
+    assert saved.flagged.tolist() == [False, False, False] and saved.moving_gap_ci_low.isna().tolist()[0]
+    page = (out / "index.html").read_text()
+    assert "+10.00 (no interval: same gap in every seed)" in page
+    assert "this test error is the moving averages, not the weights" not in page

@@ -249,14 +249,17 @@ def _eval_statistics_section(exp: Experiment) -> Section | None:
         "Keras keeps and uses at inference, (b) precise population statistics recomputed from training batches, "
         "and (c) each test batch's own statistics, as in training (batches of train.batch_size; ghost batches "
         "within them). Same weights in all three: the gaps are the statistics' share of the test error, paired "
-        "within each run (mean over seeds, 95% interval from the t distribution). A flag marks a cell whose "
-        "moving − precise gap exceeds the seeds' spread (the sd over seeds of (b)): there the test error is the "
-        "moving averages, not the weights.",
+        "within each run (mean over seeds, 95% interval from the t distribution; a gap that is the same in every "
+        "seed has no spread, so no interval). A flag marks a cell where the moving averages are worse than "
+        "precise statistics by more than the seeds' spread (the sd over seeds of (b)) and the gap's interval "
+        "lies above 0: there the test error is the moving averages, not the weights.",
     )
 
-    def gap(mean, low, high) -> str:
+    def gap(mean, low, high, runs) -> str:
+        if runs < 2:
+            return f"{pp(mean)} (1 seed)"
         if np.isnan(low):
-            return pp(mean)
+            return f"{pp(mean)} (no interval: same gap in every seed)"
         return f"{pp(mean)} [{pp(low)}, {pp(high)}]"
 
     display = pd.DataFrame({
@@ -264,9 +267,9 @@ def _eval_statistics_section(exp: Experiment) -> Section | None:
         "(a) moving (%)": raw.moving_mean.map(pct), "(b) precise (%)": raw.precise_mean.map(pct),
         "(c) batch (%)": raw.batch_mean.map(pct),
         "a − b (pp) [95% CI]": [gap(*v) for v in zip(raw.moving_gap_mean, raw.moving_gap_ci_low,
-                                                    raw.moving_gap_ci_high)],
+                                                    raw.moving_gap_ci_high, raw.n)],
         "c − b (pp) [95% CI]": [gap(*v) for v in zip(raw.batch_gap_mean, raw.batch_gap_ci_low,
-                                                    raw.batch_gap_ci_high)],
+                                                    raw.batch_gap_ci_high, raw.n)],
         "seeds' sd of b (pp)": raw.precise_sd.map(lambda v: fmt(v, ".2f", 100)),
         "flag": raw.flagged.map(lambda f: "this test error is the moving averages, not the weights" if f else ""),
     })

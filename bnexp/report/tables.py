@@ -448,8 +448,10 @@ def eval_statistics_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per sweep point and arm with BN-type layers: the mean test error of its completed runs with BN's moving,
     precise and batch statistics (result.json eval_statistics), the gaps moving − precise and batch − precise
     paired within each run (mean and 95% interval over the seeds), and the seeds' spread (sd of the precise
-    error). `flagged`: the moving − precise gap is larger than that spread, so the arm's test error there says
-    more about its moving averages than about its weights."""
+    error). `flagged`: the moving averages are worse than the precise statistics by more than that spread and
+    the gap's interval excludes 0, so the arm's test error there says more about its moving averages than about
+    its weights. Gaps with no spread (the same in every seed) have no interval, as in paired_table, and are
+    never flagged."""
     columns = [f"test_error_{name}" for name in EVAL_STATISTICS]
     if runs.empty or not all(column in runs for column in columns):
         return pd.DataFrame()
@@ -470,9 +472,17 @@ def eval_statistics_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "batch_gap_mean": in_batches["diff_mean"], "batch_gap_ci_low": in_batches["ci_low"],
             "batch_gap_ci_high": in_batches["ci_high"],
             "precise_sd": spread,
-            "flagged": bool(abs(stale["diff_mean"]) > spread) if not np.isnan(spread) else False,
+            "flagged": _stale(stale, spread),
         })
     return pd.DataFrame(rows)
+
+
+def _stale(gap: dict, spread: float) -> bool:
+    """The moving − precise gap shows stale moving averages: moving is worse, by more than the seeds' spread of
+    the precise error, and the gap's 95% interval lies above 0 (no interval, no flag)."""
+    if np.isnan(spread) or np.isnan(gap["ci_low"]):
+        return False
+    return bool(gap["diff_mean"] > spread and gap["ci_low"] > 0)
 
 
 def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
