@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 
 from bnexp import __version__
 from bnexp.errors import ResultsError
+from bnexp.metrics import ACCURACY, EVAL_STATISTICS, LOSS, VAL_ACCURACY, VAL_LOSS
 from bnexp.norms import DEFAULT_GROUPS, WITH_MOVING_STATISTICS
 
 # Version of the on-disk results layout; bumped on incompatible change.
@@ -323,10 +324,50 @@ def read_result(run_dir: Path) -> ResultRecord | None:
     result = read_object(path)
     if result.get("status") not in RESULT_STATUSES:
         raise ValueError(f"unknown status {result.get('status')!r}")
+    for name, kind in _RESULT_VALUES.items():
+        _check_value(name, result.get(name), kind)
     # A completed run is its test error; one without it (or test_accuracy, which older results kept) has no result.
     if result["status"] == COMPLETED and not any(_is_finite(result.get(key)) for key in ("test_error", "test_accuracy")):
         raise ValueError(f"test_error: expected a number for a completed run, got {result.get('test_error')!r}")
+    statistics = result.get("eval_statistics")
+    if statistics is not None:
+        if not isinstance(statistics, dict):
+            raise ValueError(f"eval_statistics: expected a mapping, got {statistics!r}")
+        for name in EVAL_STATISTICS:
+            scores = statistics.get(name)
+            if not isinstance(scores, dict):
+                raise ValueError(f"eval_statistics.{name}: expected a mapping, got {scores!r}")
+            _check_value(f"eval_statistics.{name}.test_error", scores.get("test_error"), FRACTION, required=True)
+            _check_value(f"eval_statistics.{name}.test_loss", scores.get("test_loss"), NUMBER)
     return result
+
+
+# What each value of result.json and history.jsonl may be, so that a hand-edited or foreign file ("0.05" as
+# text, an error of 5.0) is damaged in status and report alike instead of read as some other number. null is
+# always allowed (NaN and inf are written as null; older files lack newer fields).
+NUMBER, FRACTION, COUNT, TEXT = "a number", "a fraction in [0, 1]", "a whole number >= 0", "text"
+_RESULT_VALUES = {
+    "epochs_run": COUNT, "diverged_epoch": COUNT, "resumed_from_epoch": COUNT, "error": TEXT,
+    "test_loss": NUMBER, "test_accuracy": FRACTION, "test_error": FRACTION, "trainable_params": COUNT,
+    "non_trainable_params": COUNT, "num_classes": COUNT, "wall_seconds": NUMBER,
+}
+_HISTORY_VALUES = {
+    "step": COUNT, LOSS: NUMBER, ACCURACY: FRACTION, VAL_LOSS: NUMBER, VAL_ACCURACY: FRACTION,
+    "learning_rate": NUMBER, "epoch_seconds": NUMBER,
+}
+
+
+def _check_value(name: str, value, kind: str, required: bool = False) -> None:
+    """ValueError naming `name` when `value` is not `kind` (None passes unless `required`)."""
+    if value is None and not required:
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = {NUMBER: number and not (isinstance(value, float) and math.isnan(value)),
+            FRACTION: number and 0 <= value <= 1,
+            COUNT: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            TEXT: isinstance(value, str)}[kind]
+    if not fits:
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
 
 
 def _is_finite(value) -> bool:
@@ -350,8 +391,27 @@ def read_history(path: Path) -> list[HistoryRow]:
             raise ValueError(f"line {number}: {error}") from None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
             raise ValueError(f"line {number}: not an epoch record")
+        try:
+            for name, kind in _HISTORY_VALUES.items():
+                _check_value(name, row.get(name), kind)
+            _check_pairs("step_losses", row.get("step_losses"), 2)
+            _check_pairs("step_evals", row.get("step_evals"), 3)
+        except ValueError as error:
+            raise ValueError(f"line {number}: {error}") from None
         rows.append(row)
     return rows
+
+
+def _check_pairs(name: str, value, width: int) -> None:
+    """step_losses / step_evals: a list of [step, value...] rows of `width` numbers (null for a NaN value)."""
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(row, list) and len(row) == width for row in value):
+        raise ValueError(f"{name}: expected a list of [step, ...] rows of {width} numbers")
+    for row in value:
+        _check_value(f"{name} step", row[0], NUMBER, required=True)
+        for item in row[1:]:
+            _check_value(name, item, NUMBER)
 
 
 # Facts of runs whose spec.json predates `facts`, derived from their config as that bnexp did: the

@@ -18,6 +18,8 @@ BASE = DATA + "model: {preset: e2_mnist_cnn}\n"
         (BASE + "train: {epoch: 3}\n", [], "{f}: train.epoch: unknown key; did you mean 'epochs'?"),
         (BASE + "train: {batch_size: -3}\n", [], "{f}: train.batch_size: expected a number > 0, got -3"),
         (BASE + "train: {learning_rate: 0}\n", [], "{f}: train.learning_rate: expected a number > 0, got 0"),
+        (BASE + "train: {learning_rate: 1.0e+400}\n", [], "{f}: train.learning_rate: expected a finite number, got inf"),
+        (BASE + "train: {learning_rate: .nan}\n", [], "{f}: train.learning_rate: expected a finite number, got nan"),
         (BASE + "train: {epochs: many}\n", [], "{f}: train.epochs: expected an integer, got 'many'"),
         (DATA + "model: {dropout: {rate: 1.0}}\n", [], "{f}: model.dropout.rate: expected a number < 1, got 1.0"),
         ("data: {dataset: mnist, validation_split: 0}\n", [],

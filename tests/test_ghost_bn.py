@@ -131,14 +131,15 @@ def assert_error(out, message):
 
 
 @pytest.mark.parametrize("size, message", [
-    (0, "expected a number > 0, got 0"),
-    (-4, "expected a number > 0, got -4"),
+    (0, "expected a number >= 2, got 0"),
+    (-4, "expected a number >= 2, got -4"),
+    (1, "expected a number >= 2, got 1"),  # a group of one has variance 0: BN would output its shift alone
     (2.5, "expected an integer, got 2.5"),
     (True, "expected an integer, got True; true and false are not numbers"),
     (3, "3 does not divide train.batch_size 8, so a batch would not split into ghost batches of 3; allowed: a "
-        "divisor of 8 (1, 2, 4, 8), or leave it unset for the whole batch"),
+        "divisor of 8 (2, 4, 8), or leave it unset for the whole batch"),
     (16, "16 does not divide train.batch_size 8, so a batch would not split into ghost batches of 16; allowed: a "
-         "divisor of 8 (1, 2, 4, 8), or leave it unset for the whole batch"),
+         "divisor of 8 (2, 4, 8), or leave it unset for the whole batch"),
 ])
 def test_a_size_that_is_not_a_divisor_of_the_batch_is_one_line_at_plan_time(cli, write_config, size, message):
     config = write_config({"model.batch_norm": {"virtual_batch_size": size}})
@@ -189,7 +190,7 @@ def test_a_swept_batch_size_that_the_size_does_not_divide_is_named_by_its_sweep_
     config = write_config({"model.batch_norm": {"virtual_batch_size": 4}, "sweep": {"train.batch_size": [8, 6]}})
     assert_error(cli("plan", config), f"{config}: sweep point train.batch_size=6: model.batch_norm.virtual_batch_size: "
                                       "4 does not divide train.batch_size 6, so a batch would not split into ghost "
-                                      "batches of 4; allowed: a divisor of 6 (1, 2, 3, 6), or leave it unset for the "
+                                      "batches of 4; allowed: a divisor of 6 (2, 3, 6), or leave it unset for the "
                                       "whole batch")
 
 

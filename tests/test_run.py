@@ -75,6 +75,21 @@ def test_open_run_reads_the_files_once_into_one_status(write_config, tmp_path):
     ("result.json", '{"status": "weird"}', "result.json: unknown status 'weird'"),
     ("result.json", "[1, 2]", "result.json: not a JSON object"),
     ("history.jsonl", '{"epoch": 1}\n{"epo', "history.jsonl: line 2: Unterminated string"),
+    # Values of the wrong kind are damage too, not some other number (the attack on issue 16).
+    ("result.json", '{"status": "completed", "test_error": "0.05", "test_accuracy": 0.95}',
+     "result.json: test_error: expected a fraction in [0, 1], got '0.05'"),
+    ("result.json", '{"status": "completed", "test_error": 5.0}', "result.json: test_error: expected a fraction"),
+    ("result.json", '{"status": "completed", "test_error": 0.1, "test_accuracy": "high"}',
+     "result.json: test_accuracy: expected a fraction"),
+    ("result.json", '{"status": "completed", "test_error": 0.1, "epochs_run": "2"}',
+     "result.json: epochs_run: expected a whole number >= 0, got '2'"),
+    ("result.json", '{"status": "completed", "test_error": 0.1, "eval_statistics": "fine"}',
+     "result.json: eval_statistics: expected a mapping"),
+    ("result.json", '{"status": "completed", "test_error": 0.1, "eval_statistics": {"moving": {"test_error": 0.1}, '
+                    '"precise": {"test_error": "0.1"}, "batch": {"test_error": 0.1}}}',
+     "result.json: eval_statistics.precise.test_error: expected a fraction"),
+    ("history.jsonl", '{"epoch": 1, "val_accuracy": "0.9"}', "history.jsonl: line 1: val_accuracy: expected a fraction"),
+    ("history.jsonl", '{"epoch": 1, "step_losses": [[10, "x"]]}', "history.jsonl: line 1: step_losses: expected a number"),
 ])
 def test_a_file_that_cannot_be_read_makes_the_run_damaged_naming_it(write_config, tmp_path, file, text, damage):
     results = tmp_path / "results"

@@ -62,6 +62,7 @@ def describe_error(model_cls: type[BaseModel], exc: ValidationError) -> tuple[st
             loc, message = loc + [field], rest
         return ".".join(loc) or "top level", message
     expected = {
+        "finite_number": lambda: "a finite number",
         "greater_than": lambda: f"a number > {ctx['gt']:g}",
         "greater_than_equal": lambda: f"a number >= {ctx['ge']:g}",
         "less_than": lambda: f"a number < {ctx['lt']:g}",

@@ -44,7 +44,8 @@ MAX_SEED = 2**32 - 1
 class Strict(BaseModel):
     # frozen: a config is validated once and then carried as it is; its lists are tuples, so that no
     # part of it can change either, and a section can key a cache (bnexp.data.datasets).
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # allow_inf_nan=False: YAML reads 1e400 as inf and .nan as NaN; no field means either.
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -145,7 +146,8 @@ class BatchNormConfig(Strict):
     # Ghost batch normalisation (Hoffer et al. 2017): the batch kinds normalise each group of this many
     # samples of a training batch with the group's own statistics; None: the whole batch. It must divide
     # train.batch_size. Group, layer and none arms normalise per sample (or not at all) and ignore it.
-    virtual_batch_size: PositiveInt | None = None
+    # At least 2: a group of one sample has variance 0, so BN would output its shift alone and never train.
+    virtual_batch_size: int | None = Field(None, ge=2)
 
 
 class NormConfig(Strict):
@@ -321,7 +323,7 @@ class RunConfig(Strict):
     def _ghost_batches_divide_the_batch(self):
         size, batch = self.model.batch_norm.virtual_batch_size, self.train.batch_size
         if size is not None and batch % size:
-            divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+            divisors = [d for d in range(2, batch + 1) if batch % d == 0]
             raise ValueError(f"model.batch_norm.virtual_batch_size: {size} does not divide train.batch_size {batch}, "
                              f"so a batch would not split into ghost batches of {size}; allowed: a divisor of "
                              f"{batch} ({', '.join(map(str, divisors))}), or leave it unset for the whole batch")
