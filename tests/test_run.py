@@ -178,3 +178,28 @@ def test_the_report_reads_runs_without_config_data_or_a_backend(write_config, tm
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent)
     assert out.stdout.splitlines() == ["group (2 groups) 1", "[]"], out.stderr
+
+
+@pytest.mark.parametrize("edit, damage", [
+    (lambda spec, first: {**spec, "arm": first["arm"], "seed": first["seed"], "point": first.get("point")},
+     "spec.json: the same arm, seed and sweep point as run "),
+    (lambda spec, first: {**spec, "arm": "zzz"}, "spec.json: arm 'zzz' is not one of the experiment's arms ("),
+])
+def test_a_spec_that_contradicts_the_plan_is_damaged_in_the_report_not_tabled(write_config, tmp_path, edit, damage):
+    """An edited or copied spec.json that repeats another run's arm, seed and point, or names an arm the
+    experiment has not, would be paired or shown as a new arm: the report lists it as damaged instead."""
+    results = tmp_path / "results"
+    runs = planned_runs(write_config, results)
+    dirs = [started(results, spec, {"status": "completed", "test_error": 0.25}) for spec in runs]
+    first = json.loads((dirs[0] / store.SPEC).read_text())
+    edited = json.loads((dirs[1] / store.SPEC).read_text())
+    (dirs[1] / store.SPEC).write_text(json.dumps(edit(edited, first)))
+
+    exp = report.load_experiment(results / "tiny")
+    details = dict(zip(exp.missing.run_id, exp.missing.detail))
+    assert details[dirs[1].name].startswith(damage)
+    if "same arm" in damage:  # neither copy is trusted
+        assert details[dirs[0].name] == f"spec.json: the same arm, seed and sweep point as run {dirs[1].name}"
+    assert dirs[1].name not in set(exp.runs.run_id) and set(exp.runs.arm) <= set(exp.arms) - {"zzz"}
+    out = cli("report", "tiny", "--results", results)
+    assert out.exit_code == 0, out.output

@@ -141,10 +141,17 @@ def load_experiment(path: Path) -> Experiment:
 
     records, history_rows, step_rows, eval_rows, missing = [], [], [], [], []
     point_keys: list[str] = []
-    for run in map(open_run, run_dirs):
-        if run.recorded_status == DAMAGED:  # its spec or result cannot be read; a damaged history is a warning
+    planned_arms = [str(a) for a in meta["arms"]] if isinstance(meta.get("arms"), list) else None
+    opened = [open_run(run_dir) for run_dir in run_dirs]
+    sharing: dict[str, list[str]] = {}  # a readable run's arm, seed and sweep point -> the runs with them
+    for run in opened:
+        if run.recorded_status != DAMAGED:
+            sharing.setdefault(_identity(run.spec), []).append(run.id)
+    for run in opened:
+        damage = run.damage if run.recorded_status == DAMAGED else _contradiction(run, planned_arms, sharing)
+        if damage is not None:  # its spec or result cannot be read or trusted; a damaged history is a warning
             identity = {"arm": run.spec["arm"], "seed": run.spec["seed"]} if run.spec is not None else {}
-            missing.append({"run_id": run.id, **identity, "status": DAMAGED, "detail": run.damage})
+            missing.append({"run_id": run.id, **identity, "status": DAMAGED, "detail": damage})
             continue
         spec = run.spec
         point = spec.get("point") or {}
@@ -193,6 +200,23 @@ def load_experiment(path: Path) -> Experiment:
         missing=pd.DataFrame(missing, columns=["run_id", "arm", "seed", "status", "detail"]),
         warnings=warnings, step_evals=pd.DataFrame(eval_rows, columns=STEP_EVAL_COLUMNS),
     )
+
+
+def _identity(spec: dict) -> str:
+    return json.dumps([spec["arm"], spec["seed"], spec.get("point") or {}], sort_keys=True, default=str)
+
+
+def _contradiction(run, planned_arms: list[str] | None, sharing: dict[str, list[str]]) -> str | None:
+    """Why a readable run's spec.json cannot be tabled (None when it can): an arm the experiment does not
+    have, or the arm, seed and sweep point of another run (an edited or copied spec.json), which would pair
+    or average two runs as one; neither of those is trusted."""
+    spec = run.spec
+    if planned_arms is not None and spec["arm"] not in planned_arms:
+        return f"{SPEC}: arm {spec['arm']!r} is not one of the experiment's arms ({', '.join(planned_arms)})"
+    others = [other for other in sharing[_identity(spec)] if other != run.id]
+    if others:
+        return f"{SPEC}: the same arm, seed and sweep point as run {', '.join(others)}"
+    return None
 
 
 def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.DataFrame:
