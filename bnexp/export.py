@@ -45,6 +45,8 @@ BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}
 CONNECT_TIMEOUT = 5.0
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# MLflow 3 refuses a folder store unless this is true; a folder given to bnexp export is asking for one.
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 
 
 def finished_runs(folder: Path) -> tuple[list[store.Run], Counter]:
@@ -105,9 +107,29 @@ def _connect(tracking_uri: str):
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("", "file") or len(scheme) == 1:  # a folder (or a Windows drive letter)
         folder = Path(urlparse(tracking_uri).path if scheme == "file" else tracking_uri).resolve()
+        if folder.exists() and not folder.is_dir():
+            raise BnexpError(f"--tracking-uri {tracking_uri}: a file, not a folder; give a folder for MLflow's folder "
+                             "store, or a tracking server (http://HOST:PORT)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BnexpError(f"--tracking-uri {tracking_uri}: cannot use it as a folder store "
+                             f"({error.strerror or error}); give a folder bnexp can write, or a tracking server "
+                             "(http://HOST:PORT)") from None
         # MLflow 3 keeps its folder store working only when asked to; a folder given here is that request.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        allow = os.environ.get(ALLOW_FILE_STORE, "").strip()
+        if allow.lower() in ("false", "0"):
+            raise BnexpError(f"--tracking-uri {tracking_uri}: {ALLOW_FILE_STORE}={allow} forbids MLflow's folder "
+                             f"store; unset it or set it to true, or give a tracking server (http://HOST:PORT)")
+        if allow.lower() not in ("true", "1"):  # unset, empty, or a value MLflow would refuse with a traceback
+            if allow:
+                raise BnexpError(f"{ALLOW_FILE_STORE}={allow}: MLflow accepts true, false, 1 or 0; unset it to let "
+                                 "bnexp opt into the folder store")
+            os.environ[ALLOW_FILE_STORE] = "true"
         tracking_uri = folder.as_uri()
+    elif scheme not in ("http", "https") and scheme.split("+")[0] not in DATABASE_SCHEMES:
+        raise BnexpError(f"--tracking-uri {tracking_uri}: unknown scheme {scheme!r}; allowed: a folder (or file:), "
+                         f"http(s)://HOST:PORT, or a database ({', '.join(sorted(DATABASE_SCHEMES))})")
     elif scheme.split("+")[0] in DATABASE_SCHEMES:
         try:
             import sqlalchemy  # noqa: F401
@@ -119,7 +141,7 @@ def _connect(tracking_uri: str):
         _check_server(tracking_uri)
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _call(tracking_uri, MlflowClient, tracking_uri=tracking_uri)
     _call(tracking_uri, client.search_experiments, max_results=1)
     return client, tracking_uri
 

@@ -172,3 +172,31 @@ def test_the_cli_exports_a_trained_sweep(tmp_path, write_config, cli):
         assert run.data.metrics["test_error"] == pytest.approx(result["test_error"])
         assert history(MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri()), run, "loss") == \
             [(e["step"], pytest.approx(e["loss"])) for e in epochs]
+
+
+@pytest.mark.parametrize("uri, env, message", [
+    ("{tmp}/afile", None, "--tracking-uri {tmp}/afile: a file, not a folder; give a folder for MLflow's folder store, "
+                          "or a tracking server (http://HOST:PORT)"),
+    ("foo://bar", None, "--tracking-uri foo://bar: unknown scheme 'foo'; allowed: a folder (or file:), "
+                        "http(s)://HOST:PORT, or a database (mssql, mysql, postgresql, sqlite)"),
+    ("/proc/mlruns", None, "--tracking-uri /proc/mlruns: cannot use it as a folder store (No such file or directory); "
+                           "give a folder bnexp can write, or a tracking server (http://HOST:PORT)"),
+    ("{tmp}/m", "maybe", "MLFLOW_ALLOW_FILE_STORE=maybe: MLflow accepts true, false, 1 or 0; unset it to let bnexp "
+                         "opt into the folder store"),
+    ("{tmp}/m", "false", "--tracking-uri {tmp}/m: MLFLOW_ALLOW_FILE_STORE=false forbids MLflow's folder store; unset "
+                         "it or set it to true, or give a tracking server (http://HOST:PORT)"),
+])
+def test_a_tracking_uri_bnexp_cannot_log_to_is_one_line(results, cli, monkeypatch, tmp_path, uri, env, message):
+    (tmp_path / "afile").write_text("not a folder")
+    if env is None:
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", env)
+    out = cli("export", "mlflow", "lr_sweep", "--tracking-uri", uri.format(tmp=tmp_path))
+    assert (out.exit_code, out.output) == (2, f"Error: {message.format(tmp=tmp_path)}\n")
+
+
+def test_an_empty_allow_file_store_variable_counts_as_unset(results, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
+    out = cli("export", "mlflow", "lr_sweep", "--tracking-uri", tmp_path / "mlruns")
+    assert out.exit_code == 0 and "8 runs exported" in out.output, out.output
