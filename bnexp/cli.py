@@ -43,7 +43,9 @@ class Group(click.Group):
 
 
 results_option = click.option(
-    "--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default="results",
+    # resolve_path: absolute before any user code runs, so a builder that changes the working folder
+    # cannot move where runs are written or data is read.
+    "--results", "results_dir", type=click.Path(file_okay=False, path_type=Path, resolve_path=True), default="results",
     envvar="BNEXP_RESULTS_DIR", show_default=True, show_envvar=True, help="Where runs are stored.",
 )
 set_option = click.option(
@@ -56,7 +58,8 @@ sweep_option = click.option(
          "e.g. --sweep 'train.learning_rate=[0.01, 0.1]'.",
 )
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="BNEXP_DATA_DIR", show_envvar=True,
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path, resolve_path=True), envvar="BNEXP_DATA_DIR",
+    show_envvar=True,
     help="Folder holding the dataset files (mnist.npz, Fashion-MNIST IDX files, cifar-10-batches-py, CSVs). "
          "Without it, Keras downloads the data.",
 )

@@ -326,6 +326,10 @@ def read_result(run_dir: Path) -> ResultRecord | None:
         raise ValueError(f"unknown status {result.get('status')!r}")
     for name, kind in _RESULT_VALUES.items():
         _check_value(name, result.get(name), kind)
+    steps = result.get("diverged_steps")
+    if steps is not None and not (isinstance(steps, list) and len(steps) == 2
+                                  and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)):
+        raise ValueError(f"diverged_steps: expected [last finite step, first NaN step], got {steps!r}")
     # A completed run is its test error; one without it (or test_accuracy, which older results kept) has no result.
     if result["status"] == COMPLETED and not any(_is_finite(result.get(key)) for key in ("test_error", "test_accuracy")):
         raise ValueError(f"test_error: expected a number for a completed run, got {result.get('test_error')!r}")
@@ -347,8 +351,8 @@ def read_result(run_dir: Path) -> ResultRecord | None:
 # always allowed (NaN and inf are written as null; older files lack newer fields).
 NUMBER, FRACTION, COUNT, TEXT = "a number", "a fraction in [0, 1]", "a whole number >= 0", "text"
 _RESULT_VALUES = {
-    "epochs_run": COUNT, "diverged_epoch": COUNT, "resumed_from_epoch": COUNT, "error": TEXT,
-    "test_loss": NUMBER, "test_accuracy": FRACTION, "test_error": FRACTION, "trainable_params": COUNT,
+    "test_error": FRACTION, "test_accuracy": FRACTION, "test_loss": NUMBER, "epochs_run": COUNT,
+    "diverged_epoch": COUNT, "resumed_from_epoch": COUNT, "error": TEXT, "trainable_params": COUNT,
     "non_trainable_params": COUNT, "num_classes": COUNT, "wall_seconds": NUMBER,
 }
 _HISTORY_VALUES = {

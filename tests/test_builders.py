@@ -294,3 +294,22 @@ def test_precise_statistics_reach_the_bn_layers_of_a_nested_model():
     recompute_bn_statistics(model, [(x, None)])
     expected = keras.ops.convert_to_numpy(block.layers[1](x)).mean(axis=0)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_builder_that_changes_the_working_folder_cannot_move_the_results(write_config, tmp_path, monkeypatch):
+    """--results is made absolute before user code runs (the attack on issue 16: os.chdir in a builder)."""
+    from click.testing import CliRunner
+
+    from bnexp.cli import main
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "wander.py").write_text(NETWORKS.replace(
+        "def build(input_shape, num_classes, norm, width=4):\n",
+        f"def build(input_shape, num_classes, norm, width=4):\n    import os; os.chdir({str(tmp_path / 'elsewhere')!r})\n"))
+    config = write_config({"model": {"builder": "wander.py:build"},
+                           "arms": {"none": KIND_ARMS["none"], "batch": KIND_ARMS["batch"]}})
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(main, ["run", str(config), "--results", "results", "--workers", "1", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert len(list((tmp_path / "results" / "tiny").glob("*/result.json"))) == 2
+    assert not (tmp_path / "elsewhere" / "results").exists()
