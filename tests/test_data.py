@@ -427,8 +427,30 @@ def test_non_numeric_feature_column_is_named(tmp_path):
     with pytest.raises(DataError) as error:
         load_dataset(csv_config(path, label_column="label"), None)
     assert str(error.value) == (
-        f"{path}: feature column(s) color are not numeric (e.g. color='red'); list them in data.ignore_columns"
+        f"{path}: feature column(s) color are not numeric (e.g. color='red' at line 2); list them in "
+        "data.ignore_columns"
     )
+
+
+def test_the_non_numeric_example_is_a_cell_that_is_not_a_number(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("id,size,label\n1,2,a\n2,3,b\n3,big,a\n4,4,b\n")
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(path, label_column="label"), None)
+    assert "(e.g. size='big' at line 4)" in str(error.value)
+
+
+def test_a_label_column_of_fractional_numbers_is_refused_not_made_into_classes(tmp_path):
+    path = tmp_path / "prices.csv"
+    path.write_text("id,f1,price\n" + "".join(f"{i},{i},{i * 1.5}\n" for i in range(12)))
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(path, label_column="price"), None)
+    assert str(error.value) == (
+        f"{path}: data.label_column 'price' holds fractional numbers (e.g. 1.5 at line 3), a quantity rather than "
+        "classes; bnexp trains classifiers: give a column of class names or whole numbers")
+    whole = tmp_path / "whole.csv"  # whole numbers written as floats are classes
+    whole.write_text("id,f1,label\n" + "".join(f"{i},{i},{float(i % 2)}\n" for i in range(12)))
+    assert load_dataset(csv_config(whole, label_column="label"), None).num_classes == 2
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} (offline copies of the real datasets) is absent")

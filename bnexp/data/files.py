@@ -295,10 +295,13 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
 
     non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        example = frame[non_numeric[0]].dropna().iloc[0]
+        column = frame[non_numeric[0]]
+        # The first cell that is not a number, not merely the first cell (which may read as one).
+        bad = column.notna() & pd.to_numeric(column, errors="coerce").isna()
+        line = int(np.argmax(bad.to_numpy())) + 2  # line 1 is the header
         raise DataError(
             f"{path}: feature column(s) {', '.join(non_numeric)} are not numeric "
-            f"(e.g. {non_numeric[0]}={example!r}); list them in data.ignore_columns"
+            f"(e.g. {non_numeric[0]}={column[bad].iloc[0]!r} at line {line}); list them in data.ignore_columns"
         )
     empty = [c for c in [*features, label] if frame[c].isna().any()]
     if empty:
@@ -306,7 +309,14 @@ def read_csv(data: DataConfig, path: Path) -> tuple[Arrays, list]:
         raise DataError(f"{path}: empty or NaN cells in column(s) {', '.join(empty)}, the first at line {line} "
                         f"(column {empty[0]}); fill or drop those rows")
 
-    classes, y = np.unique(frame[label].to_numpy(), return_inverse=True)
+    labels = frame[label]
+    if pd.api.types.is_float_dtype(labels) and (labels != labels.round()).any():
+        fractional = labels[labels != labels.round()]
+        line = int(labels.index.get_loc(fractional.index[0])) + 2
+        raise DataError(f"{path}: data.label_column {label!r} holds fractional numbers (e.g. {fractional.iloc[0].item()!r} at "
+                        f"line {line}), a quantity rather than classes; bnexp trains classifiers: give a column of "
+                        "class names or whole numbers")
+    classes, y = np.unique(labels.to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"{path}: data.label_column {label!r} holds only one class ({classes[0]!r}); "
                         f"a classifier needs at least two")
