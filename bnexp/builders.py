@@ -28,6 +28,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -310,10 +311,32 @@ def probabilities(network, num_classes: int) -> str | None:
     if isinstance(activation, dict):  # a function given as the activation (tf.nn.softmax: 'softmax_v2')
         activation = str(activation.get("config"))
     if activation == "softmax" or (activation and activation.startswith("softmax_")):
-        return None
+        return _sums_to_one(network, end)
     what = f"{kind} with activation {activation}" if activation else kind
     return (f"returned a model whose output comes from {what}, not a softmax: bnexp trains with sparse categorical "
             f"cross-entropy on class probabilities, and logits would be read as probabilities; {end}")
+
+
+def _sums_to_one(network, end: str) -> str | None:
+    """Why a softmax-ended network's output is still not a distribution over the classes (a softmax over
+    another axis, a size-1 one included, gives ones), checked on a probe batch; None when each row sums to 1."""
+    import keras
+
+    shape = tuple(network.inputs[0].shape[1:]) if len(network.inputs) == 1 else ()
+    if not shape or any(size is None for size in shape):
+        return None
+    probe = np.random.default_rng(0).normal(size=(2, *shape)).astype("float32")
+    try:
+        with warnings.catch_warnings():  # Keras' own warning on a size-1 softmax axis: the message below says it
+            warnings.simplefilter("ignore")
+            output = keras.ops.convert_to_numpy(network(probe, training=False)).astype("float64")
+    except Exception:  # a network that cannot run on a probe fails at training time, with its own message
+        return None
+    sums = output.reshape(len(probe), -1).sum(axis=1)
+    if np.all(np.isfinite(sums)) and np.allclose(sums, 1.0, atol=1e-3) and (output >= 0).all():
+        return None
+    return (f"returned a model whose output does not sum to 1 over the classes (a probe batch gives {sums[0]:.4g}): "
+            f"its softmax is over another axis; {end}")
 
 
 def differences(reference: tuple[str, Anatomy], other: tuple[str, Anatomy]) -> str | None:

@@ -79,6 +79,13 @@ def spatial_map(input_shape, num_classes, norm):
     return keras.Model(inputs, layers.Conv2D(num_classes, 1, activation="softmax")(x))
 
 
+def softmax_over_one(input_shape, num_classes, norm):
+    x = inputs = keras.Input(input_shape)
+    x = layers.Dense(num_classes)(norm(layers.Dense(4)(layers.Flatten()(x))))
+    x = layers.Softmax(axis=-1)(layers.Reshape((num_classes, 1))(x))  # a softmax over a size-1 axis: all ones
+    return keras.Model(inputs, layers.Reshape((num_classes,))(x))
+
+
 def two_outputs(input_shape, num_classes, norm):
     x = inputs = keras.Input(input_shape)
     out = layers.Dense(num_classes, activation="softmax")(norm(layers.Dense(4)(layers.Flatten()(x))))
@@ -164,6 +171,8 @@ def nets(write_config, tmp_path):
                     f"data's 3: {END}"),
     ("spatial_map", "returned a model whose output has shape (8, 8, 3), not (3,), one probability per class"),
     ("two_outputs", f"returned a model with 2 outputs; bnexp trains one, the class probabilities: {END}"),
+    ("softmax_over_one", "returned a model whose output does not sum to 1 over the classes (a probe batch gives 3): "
+                         f"its softmax is over another axis; {END}"),
 ])
 def test_a_builder_that_breaks_the_contract_stops_plan_and_run_with_one_line(cli, nets, tmp_path, function, message):
     config = nets(function)
