@@ -11,7 +11,7 @@ a `norm` callable that inserts the arm's normalisation (or nothing) wherever the
 The arms of a pair get the same initial weights for every layer both have, without relying on layer names:
 the seed is set right before the builder runs, Keras draws each layer initializer's seed in the order the
 layers are created, and normalisation layers draw none (their initializers are constants), so the builder's
-own layers are seeded alike in every arm. `bnexp plan` checks this weight by weight (audit_pair).
+own layers are seeded alike in every arm. `bnexp plan` and `bnexp run` check this weight by weight (audit_pair).
 
 What a builder promises is read from the graph it returns (Anatomy), in `plan` and again in `run` before
 anything trains: every layer norm(x) made is on the path from the input to the output, the arms have the same

@@ -48,12 +48,27 @@ def check_same_experiment(experiment: ExperimentConfig, runs: list[RunSpec], res
     )
 
 
-def check_data(runs: list[RunSpec], data_dir: Path | None) -> None:
+def check_data(runs: list[RunSpec], data_dir: Path | None) -> RunsCheck:
     """Load each distinct dataset and build each distinct model (without its weights) once, so missing
     or unusable data, or a model it cannot feed, stops the sweep before any training (DataError);
     warnings about parts too small to mean much are printed once."""
-    for warning in check_runs(runs, data_dir, strict=True).warnings:
+    checked = check_runs(runs, data_dir, strict=True)
+    for warning in checked.warnings:
         print(f"Warning: {warning}", file=sys.stderr, flush=True)
+    return checked
+
+
+def audit_builders_apart(runs: list[RunSpec], checked: RunsCheck) -> list[str]:
+    """audit_builders for `bnexp run`, in a child process of its own: the audit allocates every arm's weights,
+    which in the driver would start the backend on a device the workers need. Nothing to do (no process) when
+    no run has a model.builder."""
+    if not any(spec.builder for spec in runs):
+        return []
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(audit_builders, runs, checked).result()
 
 
 def check_runs(runs: list[RunSpec], data_dir: Path | None, *, strict: bool) -> RunsCheck:
@@ -256,8 +271,8 @@ def model_key(spec: RunSpec) -> tuple:
 def audit_builders(runs: list[RunSpec], checked: RunsCheck) -> list[str]:
     """For each distinct pair of a model.builder's networks, build every arm with its weights (first seed), one
     arm at a time, and say how many layers start alike (bnexp.builders.audit_pair; ConfigError when one does
-    not), on the data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp plan` only:
-    allocating the weights would start the backend on a device in `bnexp run`'s driver."""
+    not), on the data shapes `checked` found (runs whose data went unchecked are not audited). `bnexp run` calls
+    it through audit_builders_apart."""
     from bnexp.builders import audit_pair
     from bnexp.models import build_model
 

@@ -19,7 +19,7 @@ from bnexp.executors import (RETRIED, Executor, NotTrained, RunContext, check_ex
                              make_executor, run_sequential)
 from bnexp.config.keypaths import point_label
 from bnexp.metrics import EPOCH_METRICS
-from bnexp.checks import check_data, check_same_experiment
+from bnexp.checks import audit_builders_apart, check_data, check_same_experiment
 from bnexp.sweep import RunSpec, load_runs
 
 
@@ -45,7 +45,8 @@ def run_experiment(config_file: Path, overrides: Sequence[str] = (), sweeps: Seq
     check_same_experiment(experiment, runs, results_dir, config_file)
     todo = pending_runs(runs, results_dir)
     store.check_results_dir(results_dir, experiment.name, [spec.run_id for spec in runs])  # cheap: before loading data
-    check_data(todo, data_dir)
+    checked = check_data(todo, data_dir)
+    audit_builders_apart(runs, checked)  # the weight audit `bnexp plan` shows: one line (ConfigError) when it fails
     # With nothing to train, no executor starts (nor connects to a Ray cluster).
     execute = make_executor(executor, workers, address, cpus_per_run, gpus_per_run) if todo else run_sequential
     write_experiment(experiment, runs, results_dir, config_file)
