@@ -141,6 +141,9 @@ class ResultRecord(TypedDict, total=False):
     trainable_params: int | None
     non_trainable_params: int | None
     num_classes: int | None
+    # The share of the most common class in the validation labels (the test labels without a validation
+    # split): what always answering that class scores, the chance level of unbalanced data.
+    majority_share: float | None
     # The test loss and error with BN's moving, precise and batch statistics (bnexp.evaluation); only in
     # completed runs with BN-type layers.
     eval_statistics: dict[str, Any]
@@ -353,7 +356,7 @@ NUMBER, FRACTION, COUNT, TEXT = "a number", "a fraction in [0, 1]", "a whole num
 _RESULT_VALUES = {
     "test_error": FRACTION, "test_accuracy": FRACTION, "test_loss": NUMBER, "epochs_run": COUNT,
     "diverged_epoch": COUNT, "resumed_from_epoch": COUNT, "error": TEXT, "trainable_params": COUNT,
-    "non_trainable_params": COUNT, "num_classes": COUNT, "wall_seconds": NUMBER,
+    "non_trainable_params": COUNT, "num_classes": COUNT, "majority_share": FRACTION, "wall_seconds": NUMBER,
 }
 _HISTORY_VALUES = {
     "step": COUNT, LOSS: NUMBER, ACCURACY: FRACTION, VAL_LOSS: NUMBER, VAL_ACCURACY: FRACTION,

@@ -115,6 +115,7 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
         result["resumed_from_epoch"] = len(history)
     result["trainable_params"], result["non_trainable_params"] = count_params(model)
     result["num_classes"] = data.num_classes  # lets the report tell "stuck at chance" for any dataset
+    result["majority_share"] = majority_share(data.y_val if len(data.y_val) else data.y_test)
 
     batches = EpochBatches(data.x_train, data.y_train, config.seed, train.batch_size, train.steps_per_epoch)
     step_log = StepLossLog(train.log_every_steps)
@@ -235,6 +236,12 @@ def environment() -> dict:
         env["torch"], env["device"] = torch.__version__, "gpu" if torch.cuda.is_available() else "cpu"
     env["cpu_count"] = os.cpu_count()
     return env
+
+
+def majority_share(labels: np.ndarray) -> float | None:
+    """The share of the most common class among `labels`: the accuracy of always answering that class, which
+    is the chance level when classes are not balanced (result.json majority_share)."""
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else None
 
 
 def _now() -> str:

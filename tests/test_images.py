@@ -173,6 +173,7 @@ def test_a_tiny_conv_net_trains_one_epoch_on_an_image_folder(cli, tmp_path):
     for path in results:
         result = json.loads(path.read_text())
         assert result["status"] == "completed" and result["num_classes"] == 3
+        assert 1 / 3 <= result["majority_share"] < 1  # the largest class's share of the validation images
 
 
 def corrupt(folder: Path) -> None:

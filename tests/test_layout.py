@@ -15,7 +15,7 @@ ALLOWED = {
     "bnexp.data.": ("bnexp.errors", "bnexp.config.", "bnexp.data."),
     "bnexp.report.": ("bnexp.errors", "bnexp.metrics", "bnexp.norms", "bnexp.store", "bnexp.config.keypaths",
                       "bnexp.report."),
-    "bnexp.store": ("bnexp.errors", "bnexp.norms", "bnexp.config.messages"),
+    "bnexp.store": ("bnexp.errors", "bnexp.metrics", "bnexp.norms", "bnexp.config.messages"),
     "bnexp.norms": ("bnexp.layers",),
 }
 

@@ -272,6 +272,27 @@ def test_chance_threshold_is_chance_plus_the_smaller_of_5_points_and_half_of_cha
     assert experiment.chance_threshold(99) == pytest.approx(1.5 / 99)
 
 
+def test_with_unbalanced_classes_chance_is_the_majority_share(tmp_path):
+    """Two classes, 90% of them one: 90% accuracy is what always answering it scores (the attack on issue 16)."""
+    assert experiment.chance_threshold(2, 0.9) == pytest.approx(0.95)
+    assert experiment.chance_threshold(10, 0.05) == pytest.approx(0.15)  # 1/K when larger
+    writer = ExperimentWriter(tmp_path, "unbalanced")
+    for seed in (0, 1):
+        writer.run("no_bn", seed, history=epochs([0.9, 0.9]),
+                   result={**completed(0.1), "num_classes": 2, "majority_share": 0.9})
+        writer.run("bn", seed, history=epochs([0.9, 0.99]),
+                   result={**completed(0.01), "num_classes": 2, "majority_share": 0.9})
+    runs = report.load_experiment(writer.plan()).runs.set_index(["arm", "seed"])
+    assert runs.stuck.to_dict() == {("no_bn", 0): True, ("bn", 0): False, ("no_bn", 1): True, ("bn", 1): False}
+
+
+def test_the_majority_share_is_the_largest_class_share_of_the_labels():
+    from bnexp.train import majority_share
+
+    assert majority_share(np.array([0, 1, 1, 1, 2])) == pytest.approx(0.6)
+    assert majority_share(np.array([], dtype=int)) is None
+
+
 def test_parameter_counts_per_arm_and_the_difference_to_the_reference(tmp_path):
     writer = ExperimentWriter(tmp_path, "params")
     for seed in (0, 1):

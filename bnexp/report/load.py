@@ -247,7 +247,9 @@ def _add_final_values(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame
     for metric in EPOCH_METRICS:
         runs[f"final_{metric}"] = final[metric].to_numpy() if metric in final else np.nan
     classes = pd.to_numeric(runs.num_classes, errors="coerce")
-    runs["chance_threshold"] = [chance_threshold(k) if k >= 2 else np.nan for k in classes.fillna(0)]
+    majority = pd.to_numeric(runs.majority_share, errors="coerce").fillna(np.nan)
+    runs["chance_threshold"] = [chance_threshold(k, m) if k >= 2 else np.nan
+                                for k, m in zip(classes.fillna(0), majority)]
     accuracy = runs.final_val_accuracy.fillna(runs.test_accuracy)
     runs["stuck"] = (runs.status == COMPLETED) & (accuracy <= runs.chance_threshold)
     runs["trained"] = (runs.status == COMPLETED) & ~runs.stuck

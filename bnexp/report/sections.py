@@ -287,8 +287,10 @@ def _stability_section(exp: Experiment) -> Section:
         "Diverged runs (training loss NaN or infinite; the epoch where it happened and, in brackets, the last "
         "optimizer step seen with a finite loss and the first seen without) and completed runs "
         "stuck at chance: final validation accuracy (test accuracy without a validation split) at most "
-        f"1/K + min({CHANCE_MARGIN * 100:.0f} points, half of 1/K) for K classes. A run trained if it "
-        "completed and is not stuck.",
+        f"c + min({CHANCE_MARGIN * 100:.0f} points, half of c), where c is 1/K for K classes or, when larger, the "
+        "share of the most common class in those labels (always answering that class scores it; runs from a bnexp "
+        "that did not record the share are taken to have balanced classes). A run trained if it completed and "
+        "is not stuck.",
     )
     display = pd.DataFrame({
         **key_columns(raw, keys), "arm": raw.arm, "finished": raw.finished.map(count),

@@ -27,9 +27,13 @@ def sort_key(value) -> tuple:
     return (1, 0.0, str(value))
 
 
-def chance_threshold(num_classes: float) -> float:
-    """Highest final accuracy that still counts as stuck at chance for `num_classes` classes."""
+def chance_threshold(num_classes: float, majority_share: float = math.nan) -> float:
+    """Highest final accuracy that still counts as stuck at chance for `num_classes` classes: chance is 1/K, or
+    the share of the most common class when it is larger (always answering that class scores it); NaN for
+    `majority_share` (results from before bnexp recorded it) assumes balanced classes."""
     chance = 1 / num_classes
+    if not math.isnan(majority_share):
+        chance = max(chance, majority_share)
     return chance + min(CHANCE_MARGIN, chance / 2)
 
 
