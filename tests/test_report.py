@@ -266,6 +266,17 @@ def test_stability_flags_divergence_chance_and_the_largest_learning_rate_that_tr
     assert math.isnan(row(largest, **{ACT: "relu", "arm": "bn"}).smallest_lr_that_fails)
 
 
+def test_a_rate_that_trains_again_above_a_failure_is_not_the_largest_that_trains(tmp_path):
+    """Stuck at 0.01 but trained at 0.1: the largest rate that trains is 0.001, and 0.1 is listed apart."""
+    writer = ExperimentWriter(tmp_path, "bumpy", sweep_keys=[LR])
+    for seed in (0, 1):
+        for lr, acc in ((0.001, 0.9), (0.01, 0.1), (0.1, 0.9)):
+            writer.run("bn", seed, {LR: lr}, epochs([0.5, acc]), {**completed(1 - acc), "num_classes": 10})
+    largest = tables.largest_lr_table(report.load_experiment(writer.plan()).runs, [LR])
+    assert largest[["largest_lr_that_trains", "smallest_lr_that_fails", "trains_again_at"]].values.tolist() == [
+        [0.001, 0.01, "0.1"]]
+
+
 def test_chance_threshold_is_chance_plus_the_smaller_of_5_points_and_half_of_chance():
     assert experiment.chance_threshold(10) == pytest.approx(0.15)
     assert experiment.chance_threshold(2) == pytest.approx(0.55)

@@ -309,9 +309,15 @@ def _stability_section(exp: Experiment) -> Section:
             **key_columns(lr, others), "arm": lr.arm, "learning rates tried": lr.learning_rates,
             "largest that trains": lr.largest_lr_that_trains.map(lambda v: fmt(v, "g", empty="none")),
             "smallest that fails": lr.smallest_lr_that_fails.map(lambda v: fmt(v, "g", empty="none")),
+            "trains again at": lr.trains_again_at.replace("", "–"),
         })
         section.tables.append(Table("largest_learning_rate", "Largest learning rate that trains "
-                                    "(every finished seed completed above chance)", lr, lr_display))
+                                    "(every finished seed completed above chance at it and every smaller rate)",
+                                    lr, lr_display))
+        if (lr.trains_again_at != "").any():
+            section.notes.append("Where a larger rate trains again after a smaller one failed, the rates that "
+                                 "train are not one range: the largest that trains is the last before the first "
+                                 "failure, and the ones after it are listed, not trusted.")
     return section
 
 

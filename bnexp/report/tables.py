@@ -486,8 +486,10 @@ def _stale(gap: dict, spread: float) -> bool:
 
 
 def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per arm (and value of the other swept keys): the largest learning rate at which every
-    finished run trained (completed, not stuck at chance), and the smallest at which one did not."""
+    """Per arm (and value of the other swept keys): the largest learning rate up to which every finished run
+    trained (completed, not stuck at chance) at every rate tried, the smallest at which one did not, and the
+    rates above that which trained again (`trains_again_at`: the range is then not one interval, and the
+    largest rate that trained is not a safe one)."""
     if LEARNING_RATE_KEY not in keys:
         return pd.DataFrame()
     others = [key for key in keys if key != LEARNING_RATE_KEY]
@@ -500,11 +502,14 @@ def largest_lr_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         per_lr = group.groupby(LEARNING_RATE_KEY).trained.agg(["all", "size"])
         ok = per_lr.index[per_lr["all"]]
         bad = per_lr.index[~per_lr["all"]]
+        first_bad = bad.min() if len(bad) else np.inf
+        below, again = ok[ok < first_bad], ok[ok > first_bad]
         rows.append({
             **_point_columns(group, others), "arm": group.arm.iloc[0],
             "learning_rates": ", ".join(f"{lr:g}" for lr in per_lr.index),
-            "largest_lr_that_trains": ok.max() if len(ok) else np.nan,
+            "largest_lr_that_trains": below.max() if len(below) else np.nan,
             "smallest_lr_that_fails": bad.min() if len(bad) else np.nan,
+            "trains_again_at": ", ".join(f"{lr:g}" for lr in again),
         })
     return pd.DataFrame(rows)
 
