@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from bnexp.config.load import load_config
 from bnexp.sweep import expand_runs
@@ -218,9 +219,16 @@ def test_step_evaluations_that_never_fall_inside_an_epoch_are_refused(cli, tmp_p
 def test_step_evaluations_between_keras_callbacks_are_refused(cli, tmp_path, npz_config, tiny_npz):
     out = cli("plan", npz_config(tiny_npz, **{"train.eval_every_steps": 3, "train.steps_per_execution": 2}))
     assert out.exit_code == 2
-    assert out.output.endswith("train.eval_every_steps: 3 is not a multiple of steps_per_execution 2, the steps "
-                               "between Keras' callbacks; use a multiple of it or set steps_per_execution to a "
-                               "divisor of 3\n")
+    assert out.output.endswith("train.eval_every_steps: 3 is not a multiple of train.steps_per_execution 2, the "
+                               "steps between Keras' callbacks; use a multiple of it or set train.steps_per_execution "
+                               "to a divisor of 3\n")
+    # a user who never set steps_per_execution is told it is the default
+    config = npz_config(tiny_npz, **{"train.eval_every_steps": 50})
+    raw = yaml.safe_load(config.read_text())
+    del raw["train"]["steps_per_execution"]
+    config.write_text(yaml.safe_dump(raw))
+    out = cli("plan", config)
+    assert out.exit_code == 2 and "is not a multiple of train.steps_per_execution 32, its default, the steps" in out.output
 
 
 # Models

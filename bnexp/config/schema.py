@@ -305,9 +305,10 @@ class TrainConfig(Strict):
                              "set eval_every_steps > 0 or drop eval_subset")
         # Keras calls back once per steps_per_execution steps, so other step counts would not be kept.
         if self.eval_every_steps % self.steps_per_execution:
-            raise ValueError(f"eval_every_steps: {self.eval_every_steps} is not a multiple of steps_per_execution "
-                             f"{self.steps_per_execution}, the steps between Keras' callbacks; use a multiple of it "
-                             f"or set steps_per_execution to a divisor of {self.eval_every_steps}")
+            default = "" if "steps_per_execution" in self.model_fields_set else ", its default"
+            raise ValueError(f"eval_every_steps: {self.eval_every_steps} is not a multiple of train.steps_per_execution "
+                             f"{self.steps_per_execution}{default}, the steps between Keras' callbacks; use a multiple "
+                             f"of it or set train.steps_per_execution to a divisor of {self.eval_every_steps}")
         return self
 
 
