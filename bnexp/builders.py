@@ -50,6 +50,12 @@ class Builder:
     module: str | None  # the module to import (package form); None: load `file` itself
     function: str
     sha256: str
+    config_file: str = ""  # the config that names it, as given: errors about the network it builds name it
+
+    @property
+    def where(self) -> str:
+        """How a message names the builder: the config file, the key, the value."""
+        return f"{self.config_file}: model.builder: {self.spec}" if self.config_file else f"model.builder: {self.spec}"
 
     def load(self) -> Callable:
         return _load(self)
@@ -85,7 +91,7 @@ def locate(spec: str, config_file: Path) -> Builder:
             raise ConfigError(f"{config_file}: model.builder: {spec}: no module named {target!r} on the Python path; "
                               f"install it, or name a file instead (path/to/file.py:{function})")
         file, module = Path(found.origin).resolve(), target
-    return Builder(spec, str(file), module, function, hashlib.sha256(file.read_bytes()).hexdigest())
+    return Builder(spec, str(file), module, function, hashlib.sha256(file.read_bytes()).hexdigest(), str(config_file))
 
 
 def check(builder: Builder, model: ModelConfig, config_file: Path | str) -> None:
@@ -177,7 +183,7 @@ def build(builder: Builder, model: ModelConfig, input_shape: tuple[int, ...], nu
     """The builder's model for this arm, with its seed set right before the call (see the module's docstring)."""
     import keras
 
-    where = f"model.builder: {builder.spec}"
+    where = builder.where
     norm = Norm(model, make_layer)
     keras.utils.set_random_seed(seed)
     try:
@@ -416,7 +422,7 @@ def audit_pair(builder: Builder, arms: list[tuple[str, Callable]], seed: int) ->
         differ = [path for path, ds in digests.items() if not set(ds) <= found]
         if differ:
             raise ConfigError(
-                f"model.builder: {builder.spec}: {len(differ)} of the {len(digests)} layers of arm {reference_arm} "
+                f"{builder.where}: {len(differ)} of the {len(digests)} layers of arm {reference_arm} "
                 f"start with other weights in arm {arm} (seed {seed}; first: {differ[0]}): the builder draws random "
                 f"numbers that depend on the arm; create its layers in the same order in every arm, or seed their "
                 f"initializers")

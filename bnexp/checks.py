@@ -319,7 +319,7 @@ def _check_arms(runs: list[RunSpec], checked: RunsCheck) -> None:
     for pair in _pairs(runs, checked):
         for spec in pair:
             own = [kind for kind, _, _ in checked.anatomies[model_key(spec)].layers if kind in _NORMALISATIONS]
-            warning = (f"model.builder: {spec.builder.spec}: arm {spec.arm} (model.norm.kind none) still has "
+            warning = (f"{spec.builder.where}: arm {spec.arm} (model.norm.kind none) still has "
                        f"{len(own)} normalisation layer(s) of the builder's own ({', '.join(sorted(set(own)))}), in "
                        f"every arm: the pairs compare norm(x)'s normalisation, not a network with and without one")
             if own and spec.config.model.norm_kind == "none" and warning not in checked.warnings:
@@ -331,6 +331,6 @@ def _check_arms(runs: list[RunSpec], checked: RunsCheck) -> None:
             found = differences((reference.arm, checked.anatomies[model_key(reference)]),
                                 (spec.arm, checked.anatomies[model_key(spec)]))
             if found:
-                raise ConfigError(f"model.builder: {spec.builder.spec}: the arms differ in more than the normalisation: "
+                raise ConfigError(f"{spec.builder.where}: the arms differ in more than the normalisation: "
                                   f"{found}; build the same layers with the same settings in every arm and let "
                                   f"norm(x) make the only difference")

@@ -180,7 +180,8 @@ def test_a_builder_that_breaks_the_contract_stops_plan_and_run_with_one_line(cli
         result = cli(command, config)
         assert result.exit_code == 2, result.output
         separator = " " if function in ("keeps_x", "one_of_two_unused") or "returned" in message else ": "
-        assert result.output.startswith(f"Error: model.builder: nets.py:{function}{separator}{message}"), result.output
+        assert result.output.startswith(f"Error: {config}: model.builder: nets.py:{function}{separator}{message}"), \
+            result.output
         assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "results" / "tiny").exists()
 
@@ -360,9 +361,10 @@ def own_bn(input_shape, num_classes, norm):
     x = norm(layers.Dense(4)(x))
     return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
 ''')
-    result = cli("plan", nets("own_bn"))
+    config = nets("own_bn")
+    result = cli("plan", config)
     assert result.exit_code == 0, result.output
-    assert ("\nwarning: model.builder: nets.py:own_bn: arm none (model.norm.kind none) still has 1 normalisation "
+    assert (f"\nwarning: {config}: model.builder: nets.py:own_bn: arm none (model.norm.kind none) still has 1 normalisation "
             "layer(s) of the builder's own (BatchNormalization), in every arm: the pairs compare norm(x)'s "
             "normalisation, not a network with and without one\n") in result.output
 

@@ -198,20 +198,20 @@ def test_a_broken_builder_is_one_line_at_plan_time(cli, write_config, tmp_path, 
 
 
 @pytest.mark.parametrize("function, message", [
-    ("no_norm", "Error: model.builder: nets.py:no_norm never calls norm(x), so every arm would train the same "
-                "network; call norm(x) where the normalisation goes"),
-    ("arm_dependent", "Error: model.builder: nets.py:arm_dependent: 2 of the 2 layers of arm batch start with other "
-                      "weights in arm none (seed 0; first: dense"),
-    ("crashes", "Error: model.builder: nets.py:crashes raised RuntimeError for inputs of shape (8, 8, 1) and 3 "
-                "classes: no GPU here"),
-    ("not_a_model", "Error: model.builder: nets.py:not_a_model returned Norm, not a keras.Model"),
+    ("no_norm", "Error: {config}: model.builder: nets.py:no_norm never calls norm(x), so every arm would train "
+                "the same network; call norm(x) where the normalisation goes"),
+    ("arm_dependent", "Error: {config}: model.builder: nets.py:arm_dependent: 2 of the 2 layers of arm batch start "
+                      "with other weights in arm none (seed 0; first: dense"),
+    ("crashes", "Error: {config}: model.builder: nets.py:crashes raised RuntimeError for inputs of shape (8, 8, 1) "
+                "and 3 classes: no GPU here"),
+    ("not_a_model", "Error: {config}: model.builder: nets.py:not_a_model returned Norm, not a keras.Model"),
 ])
 def test_a_builder_that_would_break_the_pairs_stops_before_training(cli, builder_config, tmp_path, function, message):
     config = builder_config(function)
     for command in ("plan", "run"):  # run audits the weights too, in a child process, before any run trains
         result = cli(command, config)
         assert result.exit_code == 2, result.output
-        assert result.output.startswith(message), result.output
+        assert result.output.startswith(message.format(config=config)), result.output
     assert not list((tmp_path / "results").glob("**/spec.json"))
 
 

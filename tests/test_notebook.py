@@ -22,7 +22,8 @@ def test_runs_and_history_have_one_row_per_run_and_per_epoch_with_pinned_columns
     assert list(exp.runs.columns) == [
         "run_id", "arm", "seed", LR, "status", "error", "num_classes", "norm", "builder", "precise_stats", "epochs_run",
         "diverged_epoch", "test_loss", "test_accuracy", "test_error", "trainable_params", "non_trainable_params",
-        "wall_seconds", "diverged_steps", "keras", "backend", "device", "point_id", "arm_order", "final_loss", "final_accuracy", "final_val_loss",
+        "majority_share", "wall_seconds", "diverged_steps", "keras", "backend", "device", "point_id", "arm_order",
+        "final_loss", "final_accuracy", "final_val_loss",
         "final_val_accuracy", "chance_threshold", "stuck", "trained"]
     assert list(exp.history.columns) == [
         "run_id", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "arm", "seed", LR, "point_id"]
