@@ -1,12 +1,15 @@
-"""The shipped CIFAR-10 configs train end to end on a tiny CIFAR-10 folder in the official format.
+"""The shipped CIFAR-10 configs train end to end on a tiny CIFAR-10 folder in the official format, and
+the ghost-batch study (norm_ghost_batch.yaml) on a tiny Fashion-MNIST folder.
 
 CIFAR-10 is not shipped, so the real runs of these configs cannot be part of the tests; this
 smoke run catches a config that validates but cannot train (a pool that does not fit the image,
 an arm that breaks the model). test_config.py checks that every shipped config loads and expands.
 """
 
+import gzip
 import json
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,53 @@ def test_cifar_config_trains_every_arm_on_a_tiny_cifar_folder(name, cifar_dir, t
     arms = [json.loads(p.read_text())["arm"] for p in sorted(tmp_path.glob("*/*/spec.json"))]
     assert [r["status"] for r in results] == ["completed"] * len(EXPECTED[name])
     assert {arm: r["trainable_params"] for arm, r in zip(arms, results)} == EXPECTED[name]
+
+
+# norm_ghost_batch.yaml: E1's CNN on 28x28 grey images has 37,674 trainable parameters; every normalisation
+# kind adds a scale and shift on 32 + 32 + 64 + 128 channels (the E1 preset keeps the biases before them).
+E1_FASHION = 37_674 + 2 * (32 + 32 + 64 + 128)
+GHOST_SIZES = [32, 16, 8, 4, 2]
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory) -> Path:
+    """fashion-mnist with 80 random training images (64 + 16 validation) and 10 test images, in idx format."""
+    folder = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (80, 28, 28)), np.arange(80) % 10, rng.integers(0, 256, (10, 28, 28)), np.arange(10)]
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz"]
+    for name, array, magic in zip(names, arrays, (2051, 2049, 2051, 2049)):
+        header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+        (folder / name).write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    return folder.parent
+
+
+@pytest.mark.slow
+def test_ghost_batch_config_trains_every_arm_at_one_optimizer_batch(fashion_dir, tmp_path):
+    """Wu & He's protocol: every arm steps on batches of 32; only the BN kinds' ghost size differs."""
+    path = CONFIGS / "norm_ghost_batch.yaml"
+    config = load_config(path)
+    assert config.reference_arm == "group"
+    out = CliRunner().invoke(main, [
+        "run", str(path), "--data-dir", str(fashion_dir), "--results", str(tmp_path), "--quiet",
+        "--set", "seeds=[0]", "--set", "train.epochs=1", "--set", "data.train_subset=80",
+        "--set", "data.test_subset=10", "--set", "model.batch_norm.precise_stats=2", "-j", "1",
+    ])
+    assert out.exit_code == 0, out.output
+    specs = {json.loads(p.read_text())["arm"]: json.loads(p.read_text()) for p in tmp_path.glob("*/*/spec.json")}
+    results = {json.loads(p.parent.joinpath("spec.json").read_text())["arm"]: json.loads(p.read_text())
+               for p in tmp_path.glob("*/*/result.json")}
+    expected_arms = ([f"batch_g{g}" for g in GHOST_SIZES] + [f"renorm_g{g}" for g in GHOST_SIZES]
+                     + ["group", "layer", "none"])
+    assert sorted(results) == sorted(expected_arms)
+    assert all(r["status"] == "completed" for r in results.values())
+    for arm, spec in specs.items():
+        model, train = spec["config"]["model"], spec["config"]["train"]
+        assert train["batch_size"] == 32 and train["learning_rate"] == 0.001
+        ghost = int(arm.rsplit("_g", 1)[1]) if "_g" in arm else None
+        assert model["batch_norm"]["virtual_batch_size"] == ghost
+        assert results[arm]["trainable_params"] == (37_674 if arm == "none" else E1_FASHION)
+        # BN's evaluation statistics are recorded for the batch kinds, with precise statistics.
+        assert ("eval_statistics" in results[arm] and results[arm]["eval_statistics"] is not None) == (ghost is not None)
