@@ -213,3 +213,17 @@ def test_gaps_without_spread_or_without_a_clear_sign_get_no_interval_and_no_flag
     page = (out / "index.html").read_text()
     assert "+10.00 (no interval: same gap in every seed)" in page
     assert "this test error is the moving averages, not the weights" not in page
+
+
+def test_a_batch_renorm_arm_is_told_apart_under_the_table(tmp_path):
+    """Renorm trains with its own averages: its precise statistics are not what it trained with (issue 18's run)."""
+    path = eval_sweep(tmp_path)
+    for spec_file in path.glob("bn-*/spec.json"):
+        spec = json.loads(spec_file.read_text())
+        spec["config"]["model"] = {"norm": {"kind": "batch_renorm"}}
+        spec_file.write_text(json.dumps(spec))
+    exp = experiment.load_experiment(path)
+    assert set(exp.runs[exp.runs.arm == "bn"].norm) == {"batch_renorm"}
+    (out,) = report.write_reports(tmp_path, None)
+    page = (out / "index.html").read_text()
+    assert "bn: batch renormalisation trains with its own renorm averages" in page

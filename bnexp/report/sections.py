@@ -276,6 +276,12 @@ def _eval_statistics_section(exp: Experiment) -> Section | None:
     section.tables.append(Table("eval_statistics", "Test error by BN's statistics", raw, display))
     if raw.precise_sd.isna().any():
         section.notes.append("Cells with one seed have no spread, so they are never flagged.")
+    renorm = sorted(set(exp.runs.arm[exp.runs.norm.astype(str).str.startswith("batch_renorm")]) & set(raw.arm))
+    if renorm:
+        section.notes.append(
+            f"{', '.join(renorm)}: batch renormalisation trains with its own renorm averages (Keras' r and d "
+            "corrections), not with batch statistics, so (b) is not what it trained with and may test worse "
+            "than (a); for these arms (a) − b says nothing about stale moving averages.")
     return section
 
 
