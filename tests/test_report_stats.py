@@ -116,3 +116,12 @@ def test_forest_plot_has_a_row_per_point_and_arm_at_the_table_values(tmp_path):
     out = report.write_report(exp.path)
     assert (out / "plots" / "paired_difference_forest.png").is_file()
     assert "](plots/paired_difference_forest.png)" in (out / "report.md").read_text()
+
+
+def test_float32_round_off_of_the_same_difference_is_no_spread():
+    """Keras' float32 accuracy gives 1 - float32(27/60) and 1 - float32(29/60): the same 2/60 difference in
+    every seed may differ in the 8th digit; that is no spread, not a zero-width interval (the attack on issue 16)."""
+    f = lambda k, n: 1 - float(np.float32(k / n))  # noqa: E731
+    stats = tables._paired_stats(np.array([f(29, 60), f(35, 60)]), np.array([f(27, 60), f(33, 60)]))
+    assert stats["diff_mean"] == pytest.approx(-2 / 60, abs=1e-6)
+    assert np.isnan(stats["ci_low"]) and np.isnan(stats["p_value"])
