@@ -141,7 +141,7 @@ def _load(builder: Builder) -> Callable:
             exec(compile(source, builder.file, "exec"), module.__dict__)
     except ConfigError:
         raise
-    except Exception as exc:  # the user's code: any error it raises on import is theirs to fix
+    except (Exception, SystemExit) as exc:  # the user's code: any error it raises on import is theirs to fix
         raise ConfigError(f"{where}: importing {builder.file} raised {type(exc).__name__}: {one_line(exc)}") from None
     function = getattr(module, builder.function, None)
     if function is None:
@@ -185,17 +185,24 @@ def build(builder: Builder, model: ModelConfig, input_shape: tuple[int, ...], nu
 
     where = builder.where
     norm = Norm(model, make_layer)
+    # Imported before the seed is set: a module that makes layers (or draws numbers) when imported would
+    # otherwise draw them in the first arm built only, and the arms' weights would differ by the import.
+    function = builder.load()
     keras.utils.set_random_seed(seed)
     try:
-        network = builder.load()(input_shape=input_shape, num_classes=num_classes, norm=norm,
-                                 **copy.deepcopy(model.args))
+        network = function(input_shape=input_shape, num_classes=num_classes, norm=norm, **copy.deepcopy(model.args))
     except BnexpError:  # norm(x) refused the tensor it got (an axis or a group count that does not fit)
         raise
-    except Exception as exc:  # the user's code: its message, on one line, names what went wrong
+    except (Exception, SystemExit) as exc:  # the user's code: its message, on one line, names what went wrong
         raise ConfigError(f"{where} raised {type(exc).__name__} for inputs of shape {input_shape} and "
                           f"{num_classes} classes: {one_line(exc)}") from None
     if not isinstance(network, keras.Model):
         raise ConfigError(f"{where} returned {type(network).__name__}, not a keras.Model")
+    inputs = [tuple(tensor.shape[1:]) for tensor in network.inputs]
+    if len(inputs) != 1 or len(inputs[0]) != len(input_shape) or any(
+            size is not None and size != expected for size, expected in zip(inputs[0], input_shape)):
+        raise ConfigError(f"{where} returned a model whose input(s) have shape {', '.join(map(str, inputs)) or 'none'}, "
+                          f"but the data's samples have shape {input_shape}: build one keras.Input(input_shape)")
     if not norm.calls:
         raise ConfigError(f"{where} never calls norm(x), so every arm would train the same network; call norm(x) "
                           "where the normalisation goes (it returns x unchanged for the arm without one)")

@@ -86,6 +86,15 @@ def softmax_over_one(input_shape, num_classes, norm):
     return keras.Model(inputs, layers.Reshape((num_classes,))(x))
 
 
+def exits(input_shape, num_classes, norm):
+    raise SystemExit(0)
+
+
+def wrong_input(input_shape, num_classes, norm):
+    x = inputs = keras.Input((5,))
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(norm(layers.Dense(4)(x))))
+
+
 def two_outputs(input_shape, num_classes, norm):
     x = inputs = keras.Input(input_shape)
     out = layers.Dense(num_classes, activation="softmax")(norm(layers.Dense(4)(layers.Flatten()(x))))
@@ -171,6 +180,9 @@ def nets(write_config, tmp_path):
                     f"data's 3: {END}"),
     ("spatial_map", "returned a model whose output has shape (8, 8, 3), not (3,), one probability per class"),
     ("two_outputs", f"returned a model with 2 outputs; bnexp trains one, the class probabilities: {END}"),
+    ("exits", "raised SystemExit for inputs of shape (8, 8, 1) and 3 classes: 0"),
+    ("wrong_input", "returned a model whose input(s) have shape (5,), but the data's samples have shape (8, 8, 1): "
+                    "build one keras.Input(input_shape)"),
     ("softmax_over_one", "returned a model whose output does not sum to 1 over the classes (a probe batch gives 3): "
                          f"its softmax is over another axis; {END}"),
 ])
@@ -179,7 +191,8 @@ def test_a_builder_that_breaks_the_contract_stops_plan_and_run_with_one_line(cli
     for command in ("plan", "run"):
         result = cli(command, config)
         assert result.exit_code == 2, result.output
-        separator = " " if function in ("keeps_x", "one_of_two_unused") or "returned" in message else ": "
+        separator = (" " if function in ("keeps_x", "one_of_two_unused") or "returned" in message
+                     or message.startswith("raised") else ": ")
         assert result.output.startswith(f"Error: {config}: model.builder: nets.py:{function}{separator}{message}"), \
             result.output
         assert len(result.output.strip().splitlines()) == 1
@@ -376,3 +389,22 @@ def test_arms_that_set_other_model_args_themselves_may_build_other_layers(cli, n
     assert result.exit_code == 0, result.output
 
     assert "start with identical weights" not in result.output  # nothing to audit: the config asks for others
+
+
+def test_a_module_that_makes_layers_when_imported_gives_the_same_weights_in_plan_and_run(cli, nets, tmp_path):
+    """An unused module-level layer (an augmentation block, say) draws from the seed when the module is
+    imported: bnexp imports it before seeding, so every arm starts alike (the attack on issue 16)."""
+    (tmp_path / "modlayer.py").write_text(NETWORKS.split("def build(")[0] + """
+AUGMENT = layers.Dense(4)  # made on import, never used
+
+
+def ok(input_shape, num_classes, norm):
+    x = inputs = keras.Input(input_shape)
+    x = layers.ReLU()(norm(layers.Dense(4)(layers.Flatten()(x))))
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
+""")
+    config = nets("build", model={"builder": "modlayer.py:ok"})
+    plan = cli("plan", config)
+    assert plan.exit_code == 0 and "start with identical weights" in plan.output, plan.output
+    run = cli("run", config, "--quiet")
+    assert run.exit_code == 0, run.output
