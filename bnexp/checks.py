@@ -193,7 +193,8 @@ def _same_networks(key: str, runs: list[RunSpec], checked: RunsCheck) -> str | N
 
 
 def _default(section: str, path: str):
-    config = {"train": TrainConfig(), "model": ModelConfig()}[section]
+    # model_construct: the defaults alone, which as a whole model (no hidden layer) would not validate
+    config = {"train": TrainConfig.model_construct(), "model": ModelConfig.model_construct()}[section]
     for part in path.split("."):
         config = getattr(config, part)
     return config

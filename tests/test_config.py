@@ -18,6 +18,11 @@ BASE = DATA + "model: {preset: e2_mnist_cnn}\n"
         (BASE + "train: {epoch: 3}\n", [], "{f}: train.epoch: unknown key; did you mean 'epochs'?"),
         (BASE + "train: {batch_size: -3}\n", [], "{f}: train.batch_size: expected a number > 0, got -3"),
         (BASE + "train: {learning_rate: 0}\n", [], "{f}: train.learning_rate: expected a number > 0, got 0"),
+        # no hidden layer: nothing to normalise, so both arms would train one network (the attack on issue 16)
+        (DATA + "model: {dense: []}\n", [], "{f}: model.dense: the network has no hidden layer (model.conv and "
+         "model.dense are empty), so there is nothing for model.norm.kind batch to normalise and the arm would train "
+         "the same network as one without normalisation; add a hidden layer (e.g. model.dense: [64]) or use "
+         "model.norm.kind: none"),
         (BASE + "train: {learning_rate: 1.0e+400}\n", [], "{f}: train.learning_rate: expected a finite number, got inf"),
         (BASE + "train: {learning_rate: .nan}\n", [], "{f}: train.learning_rate: expected a finite number, got nan"),
         (BASE + "train: {epochs: many}\n", [], "{f}: train.epochs: expected an integer, got 'many'"),
@@ -40,7 +45,7 @@ BASE = DATA + "model: {preset: e2_mnist_cnn}\n"
         (BASE + "sweep: {train.learning_rate: []}\n", [], "{f}: sweep.train.learning_rate: needs at least one value"),
         ("data: {dataset: csv}\n", [], "{f}: data.path: required when dataset is 'csv'"),
         (DATA + "model: {dense: [8], dropout: {rate: 0.5, placement: after_dense}}\n"
-         "arms: {a: {model.dense: []}}\n", [],
+         "arms: {a: {model.dense: [], model.conv: [{filters: 4}]}}\n", [],
          "{f}: model.dropout.placement: 'after_dense' needs at least one dense layer"),
         (BASE + "sweep: {train.learning_rate: [0.1, -1]}\n", [], None),
         (BASE, ["train.epochs=0"], "--set train.epochs=0: train.epochs: expected a number > 0, got 0"),

@@ -243,6 +243,17 @@ class ModelConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _something_to_normalise(self):
+        # Without a hidden layer the built-in network is input -> softmax: no normalisation position, so a
+        # normalised arm would train the very network the arm without normalisation trains.
+        if self.builder is None and not self.conv and not self.dense and self.norm_kind != "none":
+            raise ValueError(f"dense: the network has no hidden layer (model.conv and model.dense are empty), so "
+                             f"there is nothing for model.norm.kind {self.norm_kind} to normalise and the arm would "
+                             "train the same network as one without normalisation; add a hidden layer "
+                             "(e.g. model.dense: [64]) or use model.norm.kind: none")
+        return self
+
+    @model_validator(mode="after")
     def _global_average_has_maps(self):
         if self.head == "global_average" and not self.conv:
             raise ValueError("head: 'global_average' averages the conv blocks' feature maps, but model.conv is empty; "
