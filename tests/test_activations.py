@@ -159,3 +159,14 @@ def test_a_bad_value_is_one_line_and_exit_2(write_config, cli, value, message):
     out = cli("plan", path, "--set", f"train.activation_stats_every={value}")
     assert out.exit_code == 2
     assert message in out.output and len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
+
+
+def test_ioffe_fig1_tracks_the_sigmoid_inputs_of_the_articles_network():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "ioffe_fig1.yaml"
+    runs = {spec.arm: spec.config for spec in load_runs(path, [])[1] if spec.seed == 0}
+    assert {arm: config.model.norm_kind for arm, config in runs.items()} == {"no_bn": "none", "bn": "batch"}
+    for config in runs.values():
+        assert (config.model.dense, config.model.activation, config.train.batch_size) == ((100, 100, 100), "sigmoid", 60)
+        assert config.model.batch_norm.placement == "before_activation" and config.train.activation_stats_every > 0

@@ -310,6 +310,10 @@ class TrainConfig(Strict):
             raise ValueError(f"eval_every_steps: {self.eval_every_steps} is not a multiple of steps_per_execution "
                              f"{self.steps_per_execution}, the steps between Keras' callbacks; use a multiple of it "
                              f"or set steps_per_execution to a divisor of {self.eval_every_steps}")
+        return self
+
+    @model_validator(mode="after")
+    def _activation_stats_fall_on_callbacks(self):
         if self.activation_stats_every % self.steps_per_execution:
             raise ValueError(f"activation_stats_every: {self.activation_stats_every} is not a multiple of "
                              f"steps_per_execution {self.steps_per_execution}, the steps between Keras' callbacks; use "
