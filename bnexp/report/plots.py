@@ -368,6 +368,6 @@ def plot_activation_bands(frame: pd.DataFrame, positions: list[str], arms: list[
             if row == len(positions) - 1:
                 ax.set_xlabel("optimizer step")
             if column == 0:
-                ax.set_ylabel("activation input")
+                ax.set_ylabel("value on the probe")
     fig.suptitle(title)
     return fig
