@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -163,16 +163,21 @@ class Norm:
         self.use_bias = not NORMS[self.kind].normalizes or model.batch_norm.use_bias
         self.calls = 0
         self.layers: list = []  # the normalisation layers made, in order
+        self.positions: list[tuple[str, Any]] = []  # (name, the tensor norm returned) per call: bnexp.activations
         self._make_layer = make_layer
 
     def __call__(self, x, name: str | None = None):
         self.calls += 1
+        name = name or f"norm_{self.calls}"
         if not NORMS[self.kind].normalizes:
+            self.positions.append((name, x))
             return x
         # Named by bnexp, never by Keras' counters, so that the builder's own layers are named alike in every arm.
-        layer = self._make_layer(x, name or f"norm_{self.calls}")
+        layer = self._make_layer(x, name)
         self.layers.append(layer)
-        return layer(x)
+        y = layer(x)
+        self.positions.append((name, y))
+        return y
 
     def __repr__(self) -> str:
         return f"<bnexp norm: {self.kind}, use_bias={self.use_bias}>"
@@ -217,6 +222,7 @@ def build(builder: Builder, model: ModelConfig, input_shape: tuple[int, ...], nu
     if output:
         raise ConfigError(f"{where} {output}")
     network.bnexp_norm_layers = norm.layers
+    network.bnexp_positions = norm.positions
     return network
 
 

@@ -30,6 +30,7 @@ RESULTS_FORMAT = 1
 
 SPEC, HISTORY, RESULT, CHECKPOINT = "spec.json", "history.jsonl", "result.json", "checkpoint.keras"
 EXPERIMENT, LOCK = "experiment.json", "run.lock"
+ACTIVATIONS = "activations.jsonl"  # train.activation_stats_every > 0 only (bnexp.activations)
 
 # A run's status, derived in one place (Run.status). result.json says completed, diverged or failed;
 # the others are read from the run's folder: running (another process holds its lock), incomplete
@@ -124,6 +125,26 @@ class HistoryRow(TypedDict, total=False):
     epoch_seconds: float
     step_losses: list[list[float]]  # [global step, mean training loss since the previous pair]
     step_evals: list[list[float]]  # [global step, val_loss, val_accuracy] every train.eval_every_steps steps
+
+
+class ActivationStats(TypedDict):
+    """The distribution of one position's values on the probe (all rows, units and spatial places pooled)."""
+
+    p15: float | None
+    p50: float | None
+    p85: float | None
+    mean: float | None
+    std: float | None
+
+
+class ActivationRow(TypedDict):
+    """A line of activations.jsonl: the probe's statistics at one optimizer step, by position name, in network order."""
+
+    step: int
+    positions: dict[str, ActivationStats]
+
+
+ACTIVATION_STATISTICS = tuple(ActivationStats.__annotations__)  # p15, p50, p85, mean, std
 
 
 class ResultRecord(TypedDict, total=False):
@@ -261,7 +282,8 @@ def _stamped(record: dict) -> dict:
 def pack_run(run_dir: Path) -> dict[str, str]:
     """A run's records by file name (no checkpoint or lock): a run trained in a scratch folder, as a
     Ray task does, travels to its results folder as these (unpack_run)."""
-    return {name: (run_dir / name).read_text() for name in (SPEC, HISTORY, RESULT) if (run_dir / name).exists()}
+    return {name: (run_dir / name).read_text() for name in (SPEC, HISTORY, ACTIVATIONS, RESULT)
+            if (run_dir / name).exists()}
 
 
 def unpack_run(run_dir: Path, files: dict[str, str]) -> None:
@@ -419,6 +441,31 @@ def _check_pairs(name: str, value, width: int) -> None:
         _check_value(f"{name} step", row[0], NUMBER, required=True)
         for item in row[1:]:
             _check_value(name, item, NUMBER)
+
+
+def write_activations(path: Path, rows: list[ActivationRow]) -> None:
+    write_atomic(path, "".join(json.dumps(_finite(row)) + "\n" for row in rows))
+
+
+def read_activations(path: Path) -> list[ActivationRow]:
+    """The rows of an activations.jsonl in file order ([] when there is none); ValueError naming the line
+    when one is not a row (a step and a mapping of positions)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"line {number}: {error}") from None
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("positions"), dict)):
+            raise ValueError(f"line {number}: not an activation record (step and positions)")
+        rows.append(row)
+    return rows
 
 
 # Facts of runs whose spec.json predates `facts`, derived from their config as that bnexp did: the

@@ -176,6 +176,7 @@ LATER_FIELDS: dict[str, object] = {
     "model.batch_norm.virtual_batch_size": None,
     "train.eval_every_steps": 0,
     "train.eval_subset": None,
+    "train.activation_stats_every": 0,
     "model.builder": None,
     "model.args": {},
 }

@@ -21,6 +21,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from bnexp.activations import ActivationLog, probe_rows
 from bnexp.builders import Builder
 from bnexp.callbacks import (Checkpoint, Divergence, HistoryLog, PreciseBatchNorm, ResumableEarlyStopping, StepEvals,
                              StepLossLog)
@@ -33,8 +34,8 @@ from bnexp.machine import keras_backend
 from bnexp.metrics import ACCURACY, LOSS
 from bnexp.models import build_model, count_params
 from bnexp.optimizers import OPTIMIZERS
-from bnexp.store import (CHECKPOINT, COMPLETED, DIVERGED, FAILED, HISTORY, HistoryRow, ResultRecord, read_spec,
-                         write_result, write_spec)
+from bnexp.store import (ACTIVATIONS, CHECKPOINT, COMPLETED, DIVERGED, FAILED, HISTORY, HistoryRow, ResultRecord,
+                         read_activations, read_spec, write_result, write_spec)
 from bnexp.sweep import RunSpec
 
 # `--tensorboard` logs: Keras' curves in its train/ and validation/, the HParams record (bnexp.hparams) above them.
@@ -128,6 +129,7 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
         if config.model.batch_norm.precise_stats else []
     step_evals = StepEvals(train.eval_every_steps, data.x_val[:train.eval_subset], data.y_val[:train.eval_subset],
                            eval_batch, precise) if train.eval_every_steps and len(data.x_val) else None
+    activations = _activation_log(config, builder, data, run_dir, history)
     # Order matters: every callback's on_epoch_end runs before Keras acts on stop_training, so the
     # epoch is recorded and reported first, and the checkpoint, last, sees whether the run stops.
     callbacks = [
@@ -135,6 +137,7 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
         *precise,
         step_log,
         *([step_evals] if step_evals else []),
+        *([activations] if activations else []),
         HistoryLog(run_dir / HISTORY, history, step_log, step_evals),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(history[-1])),
         divergence,
@@ -158,6 +161,27 @@ def _fit(config: RunConfig, builder: Builder | None, run_dir: Path, data_dir, hi
                                      train.batch_size, eval_batch, config.seed, test)
     if statistics:
         result["eval_statistics"] = statistics
+
+
+def _activation_log(config: RunConfig, builder: Builder | None, data, run_dir: Path,
+                    history: list[HistoryRow]) -> ActivationLog | None:
+    """The activation statistics' callback (train.activation_stats_every), None when off. A resumed run keeps
+    the rows up to its checkpoint's step; a builder's network is built once more to find its norm(x) positions
+    in the loaded checkpoint."""
+    every = config.train.activation_stats_every
+    if not every or not len(data.x_val):
+        return None
+    rows, reference = [], None
+    if history:
+        try:
+            rows = [row for row in read_activations(run_dir / ACTIVATIONS) if row["step"] <= history[-1].get("step", -1)]
+        except (OSError, ValueError) as exc:
+            logging.getLogger(__name__).warning("%s: %s cannot be read (%s); its rows before the resumed epoch are "
+                                                "lost", run_dir, ACTIVATIONS, exc)
+        if builder is not None:
+            reference = build_model(config.model, data.input_shape, data.num_classes, config.seed, builder)
+    probe = data.x_val[probe_rows(len(data.x_val), config.seed)]
+    return ActivationLog(every, probe, run_dir / ACTIVATIONS, rows, reference)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -308,6 +308,10 @@ class TrainConfig(Strict):
     # for steps-to-target at step resolution; each costs one pass over the validation rows evaluated.
     eval_every_steps: int = Field(0, ge=0)
     eval_subset: PositiveInt | None = None  # first N validation rows for those step evaluations; None = all
+    # > 0: every this many optimizer steps (and at step 0), the 15th/50th/85th percentiles, mean and sd of the
+    # input to every activation after a normalisation position, on a fixed validation probe (activations.jsonl,
+    # bnexp.activations); 0: off. Training is unchanged.
+    activation_stats_every: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _eval_subset_has_evaluations(self):
@@ -320,6 +324,15 @@ class TrainConfig(Strict):
             raise ValueError(f"eval_every_steps: {self.eval_every_steps} is not a multiple of train.steps_per_execution "
                              f"{self.steps_per_execution}{default}, the steps between Keras' callbacks; use a multiple "
                              f"of it or set train.steps_per_execution to a divisor of {self.eval_every_steps}")
+        return self
+
+    @model_validator(mode="after")
+    def _activation_stats_fall_on_callbacks(self):
+        if self.activation_stats_every % self.steps_per_execution:
+            raise ValueError(f"activation_stats_every: {self.activation_stats_every} is not a multiple of "
+                             f"steps_per_execution {self.steps_per_execution}, the steps between Keras' callbacks; use "
+                             f"a multiple of it, 0 (off), or set steps_per_execution to a divisor of "
+                             f"{self.activation_stats_every}")
         return self
 
 

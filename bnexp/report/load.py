@@ -22,10 +22,11 @@ from bnexp.errors import ResultsError
 from bnexp.report.tables import report_tables
 from bnexp.report.values import chance_threshold, final_values, is_number, sort_key
 from bnexp.metrics import EPOCH_METRICS, EVAL_STATISTICS, VAL_ACCURACY, VAL_LOSS
-from bnexp.store import (COMPLETED, DAMAGED, EXPERIMENT, PENDING, RESULT_FIELDS, SPEC, STATUS_TEXTS, RunFacts,
-                         norm_label, open_run, read_experiment)
+from bnexp.store import (ACTIVATION_STATISTICS, ACTIVATIONS, COMPLETED, DAMAGED, EXPERIMENT, PENDING, RESULT_FIELDS,
+                         SPEC, STATUS_TEXTS, RunFacts, norm_label, open_run, read_activations, read_experiment)
 
 STEP_EVAL_COLUMNS = ["run_id", "step", VAL_LOSS, VAL_ACCURACY]
+ACTIVATION_COLUMNS = ["run_id", "step", "position", *ACTIVATION_STATISTICS]
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Experiment:
     warnings: list[str] = field(default_factory=list)
     # [run_id, step, val_loss, val_accuracy] from history.jsonl's step_evals (train.eval_every_steps)
     step_evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STEP_EVAL_COLUMNS))
+    # [run_id, step, position, p15, p50, p85, mean, std] from activations.jsonl (train.activation_stats_every)
+    activations: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ACTIVATION_COLUMNS))
 
     @functools.cached_property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -139,7 +142,7 @@ def load_experiment(path: Path) -> Experiment:
             warnings.append(f"{len(stale)} run folder(s) not in the current plan (experiment.json) were left out")
         run_dirs = [p for p in run_dirs if p.name in planned]
 
-    records, history_rows, step_rows, eval_rows, missing = [], [], [], [], []
+    records, history_rows, step_rows, eval_rows, activation_rows, missing = [], [], [], [], [], []
     point_keys: list[str] = []
     planned_arms = [str(a) for a in meta["arms"]] if isinstance(meta.get("arms"), list) else None
     opened = [open_run(run_dir) for run_dir in run_dirs]
@@ -174,6 +177,7 @@ def load_experiment(path: Path) -> Experiment:
                              for pair in _list(row.get("step_losses")) if isinstance(pair, list) and len(pair) == 2)
             eval_rows.extend((run.id, *map(_number, triple)) for triple in _list(row.get("step_evals"))
                              if isinstance(triple, list) and len(triple) == 3)
+        activation_rows.extend(_activation_rows(run.id, run.path, warnings))
     if planned is not None:
         started = {p.name for p in run_dirs}
         missing += [{"run_id": run_id, "status": PENDING, "detail": STATUS_TEXTS[PENDING]}
@@ -199,6 +203,7 @@ def load_experiment(path: Path) -> Experiment:
         step_losses=pd.DataFrame(step_rows, columns=["run_id", "step", "loss"]),
         missing=pd.DataFrame(missing, columns=["run_id", "arm", "seed", "status", "detail"]),
         warnings=warnings, step_evals=pd.DataFrame(eval_rows, columns=STEP_EVAL_COLUMNS),
+        activations=pd.DataFrame(activation_rows, columns=ACTIVATION_COLUMNS),
     )
 
 
@@ -217,6 +222,17 @@ def _contradiction(run, planned_arms: list[str] | None, sharing: dict[str, list[
     if others:
         return f"{SPEC}: the same arm, seed and sweep point as run {', '.join(others)}"
     return None
+
+
+def _activation_rows(run_id: str, run_dir: Path, warnings: list[str]) -> list[tuple]:
+    """(run_id, step, position, statistics...) for each position of each row of the run's activations.jsonl."""
+    try:
+        rows = read_activations(run_dir / ACTIVATIONS)
+    except (OSError, ValueError) as error:
+        warnings.append(f"{run_id}/{ACTIVATIONS} damaged ({error}): its activation statistics are left out")
+        return []
+    return [(run_id, row["step"], str(name), *(_number(stats.get(s)) for s in ACTIVATION_STATISTICS))
+            for row in rows for name, stats in row["positions"].items() if isinstance(stats, dict)]
 
 
 def _finish_runs(runs: pd.DataFrame, keys: list[str], arms: list[str]) -> pd.DataFrame:

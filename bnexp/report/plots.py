@@ -343,3 +343,31 @@ def _forest_numbers(row) -> str:
     if np.isnan(row.ci_low):
         return f"{mean}, no CI (1 pair)" if row.pairs == 1 else f"{mean}, no CI (same in every pair)"
     return f"{mean} [{pp(row.ci_low)}, {pp(row.ci_high)}]"
+
+
+def plot_activation_bands(frame: pd.DataFrame, positions: list[str], arms: list[str], colours: dict[str, str],
+                          title: str) -> Figure:
+    """One panel per position (rows) and arm (columns), as Ioffe & Szegedy's Figure 1(b, c): the 15th to 85th
+    percentile of the position's values on the probe as a band over optimizer steps, the median as a line; each
+    the mean over seeds at that step. `frame`: one row per run, step and position, with its arm."""
+    present = [arm for arm in arms if (frame.arm == arm).any()]
+    fig = Figure(figsize=(1.2 + 3.4 * len(present), 0.4 + 2.3 * len(positions)))
+    _fixed_margins(fig, left=0.8, right=0.3, bottom=0.6, top=0.7, wspace=0.25, hspace=0.55)
+    axes = np.atleast_2d(fig.subplots(len(positions), len(present), sharex=True, sharey="row", squeeze=False))
+    for row, position in enumerate(positions):
+        for column, arm in enumerate(present):
+            ax = axes[row][column]
+            runs = frame[(frame.arm == arm) & (frame.position == position)]
+            bands = runs.groupby("step")[["p15", "p50", "p85"]].mean()
+            if not bands.empty:
+                ax.fill_between(bands.index, bands.p15, bands.p85, color=colours[arm], alpha=0.3, lw=0,
+                                label="15th–85th percentile")
+                ax.plot(bands.index, bands.p50, color=colours[arm], label="median")
+            ax.set_title(f"{arm}: {position}", fontsize="medium")
+            ax.grid(alpha=0.3)
+            if row == len(positions) - 1:
+                ax.set_xlabel("optimizer step")
+            if column == 0:
+                ax.set_ylabel("value on the probe")
+    fig.suptitle(title)
+    return fig

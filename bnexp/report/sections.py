@@ -25,6 +25,8 @@ from bnexp.report.cells import count, fmt, key_columns, p_value_text, pct, point
 
 # Curves get one figure per sweep point; past this many the page would be a wall of plots.
 MAX_CURVE_POINTS = 24
+# Activation bands: at most this many positions per figure (the first, the last and evenly between).
+MAX_ACTIVATION_POSITIONS = 4
 
 
 def _test_error_section(exp: Experiment, colours: dict) -> Section:
@@ -175,6 +177,41 @@ def _curves_section(exp: Experiment, colours: dict) -> Section:
         label = point_label({k: runs[k].iloc[0] for k in exp.sweep_keys}) or exp.name
         figure = plots.plot_curves(exp.history[exp.history.point_id == point_id], exp.arms, colours, label)
         section.figures.append(Plot.of(figure, f"curves_{number:02d}_{slug(label)}", f"Curves: {label}"))
+    return section
+
+
+def _activations_section(exp: Experiment, colours: dict) -> Section | None:
+    """None when no run recorded activation statistics (train.activation_stats_every is 0, the default)."""
+    if exp.activations.empty:
+        return None
+    section = Section(
+        "activations", "Activation inputs over training",
+        "The distribution of the input to each activation that follows a normalisation position (for a "
+        "model.builder network: each tensor norm(x) returned), on a fixed probe of validation rows (the same rows "
+        "in every arm of a seed), every train.activation_stats_every optimizer steps from step 0, as in Ioffe & "
+        "Szegedy 2015, Figure 1(b, c): the band spans the 15th to 85th percentile of every value at the position "
+        "(rows and units pooled), the line is the median, each the mean over seeds. The arm without normalisation "
+        "shows the same position without it. BN normalises the probe with its moving statistics (inference mode), "
+        "as at evaluation; activations.jsonl of each run holds the numbers, the mean and sd too.",
+    )
+    frame = exp.activations.merge(exp.runs[["run_id", "arm", "point_id", *exp.sweep_keys]], on="run_id")
+    point_ids = sorted(frame.point_id.unique())
+    if len(point_ids) > MAX_CURVE_POINTS:
+        section.notes.append(f"Bands are shown for the first {MAX_CURVE_POINTS} of {len(point_ids)} sweep points; "
+                             "every run's activations.jsonl holds the rest.")
+    for number, point_id in enumerate(point_ids[:MAX_CURVE_POINTS], 1):
+        rows = frame[frame.point_id == point_id]
+        positions = list(dict.fromkeys(rows.position))
+        shown = positions
+        if len(positions) > MAX_ACTIVATION_POSITIONS:
+            picks = np.linspace(0, len(positions) - 1, MAX_ACTIVATION_POSITIONS).round().astype(int)
+            shown = [positions[i] for i in dict.fromkeys(picks)]
+        label = point_label({k: rows[k].iloc[0] for k in exp.sweep_keys}) or exp.name
+        figure = plots.plot_activation_bands(rows, shown, exp.arms, colours, label)
+        caption = f"Activation inputs: {label}"
+        if len(shown) < len(positions):
+            caption += f" ({len(shown)} of {len(positions)} positions: {', '.join(shown)})"
+        section.figures.append(Plot.of(figure, f"activations_{number:02d}_{slug(label)}", caption))
     return section
 
 
@@ -518,6 +555,7 @@ def build_sections(exp: Experiment, target_metric: str | None = None,
         paired,
         _eval_statistics_section(exp),
         _curves_section(exp, colours),
+        _activations_section(exp, colours),
         _steps_section(exp, colours, target_metric, target_value),
         stability,
         _parameters_section(exp),
