@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from bnexp.builders import Anatomy, Builder
-from bnexp.config.schema import ExperimentConfig, ModelConfig, RunConfig, TrainConfig
+from bnexp.config.schema import RECORDING_FIELDS, ExperimentConfig, ModelConfig, RunConfig, TrainConfig
 from bnexp.errors import ConfigError, DataError, ResultsError
 from bnexp.machine import physical_memory
 from bnexp.optimizers import OPTIMIZERS
@@ -139,7 +139,7 @@ def _check_meaning(runs: list[RunSpec], checked: RunsCheck) -> None:
                        for spec in runs}.values())
         if len(values) < 2:
             continue
-        why = _unused(key, runs)
+        why = "it changes what is recorded, not what is trained" if key in RECORDING_FIELDS else _unused(key, runs)
         if why is None and key.startswith("model.") and key != "model.batch_norm.precise_stats":
             why = _same_networks(key, runs, checked)
         if why:

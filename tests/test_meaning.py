@@ -51,6 +51,13 @@ def plan(cli, write_config, tmp_path):
     ({"sweep": {"train.decay_rate": [0.1, 0.5]}},
      "sweep train.decay_rate: [0.1, 0.5] changes nothing in any run: it acts only with schedule exponential or "
      "inverse_time, which no run has"),
+    # settings that change what is recorded, not what is trained (the attack on issue 16)
+    ({"sweep": {"train.log_every_steps": [1, 2]}},
+     "sweep train.log_every_steps: [1, 2] changes nothing in any run: it changes what is recorded, not what is "
+     "trained"),
+    ({"sweep": {"train.activation_stats_every": [0, 2]}},
+     "sweep train.activation_stats_every: [0, 2] changes nothing in any run: it changes what is recorded, not what "
+     "is trained"),
     ({"model": {"builder": "nets.py:build"}, "sweep": {"model.args.depth": [1, 2]}},
      "sweep model.args.depth: [1, 2] changes nothing in any run: build takes it only through **kwargs, and every "
      "value builds the same layers with the same settings in arms no_bn (none), bn (batch)"),

@@ -336,6 +336,12 @@ class TrainConfig(Strict):
         return self
 
 
+# Settings that change what a run records, not what it trains: a sweep over one would train the same networks
+# again under other ids (bnexp.checks refuses it).
+RECORDING_FIELDS = ("train.log_every_steps", "train.eval_every_steps", "train.eval_subset",
+                    "train.activation_stats_every")
+
+
 class RunConfig(Strict):
     """Everything one training run depends on; its hash is the run id."""
 
