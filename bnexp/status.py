@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bnexp.store import DAMAGED, EXPERIMENT, SPEC, STATUSES, Run, experiment_dirs, open_run, read_experiment
+from bnexp.store import DAMAGED, EXPERIMENT, SPEC, STATUSES, Run, experiment_dirs, open_runs, read_experiment
 
 
 def experiments_status(results_dir: Path, target: str | None = None) -> str:
@@ -30,7 +30,8 @@ def experiment_status(folder: Path) -> str:
         run_ids = sorted(child.name for child in folder.iterdir() if (child / SPEC).is_file())
         if (folder / EXPERIMENT).exists():
             note = f"; {EXPERIMENT} is damaged, so only the run folders are listed"
-    rows = [run_row(open_run(folder / run_id)) for run_id in run_ids]
+    arms = [str(arm) for arm in plan["arms"]] if plan is not None and isinstance(plan.get("arms"), list) else None
+    rows = [run_row(run) for run in open_runs(folder, run_ids, arms)]
     header = {"run": "run id", "status": "status", "epochs": "epochs", "detail": "detail"}
     widths = {key: max(len(row[key]) for row in [header, *rows]) for key in ("run", "status", "epochs")}
     lines = [

@@ -508,11 +508,14 @@ class Run:
     `damage` or `status` first needs it (deciding whether to train a run needs only its result)."""
 
     path: Path
+    # Why its readable spec.json cannot be trusted next to the experiment's other runs (open_runs); damage.
+    conflict: str | None = None
 
     @functools.cached_property
     def _records(self) -> tuple[SpecRecord | None, ResultRecord | None, str | None]:
         """spec.json and result.json as far as they read, and `FILE: reason` for the first that does not."""
-        spec = result = damage = None
+        spec = result = None
+        damage = self.conflict
         try:
             spec = read_spec(self.path)
         except FileNotFoundError:
@@ -632,6 +635,34 @@ def open_run(run_dir: Path) -> Run:
     run = Run(Path(run_dir))
     run.spec  # read now: a folder in another format is refused here, not whenever a status is asked
     return run
+
+
+def open_runs(folder: Path, run_ids: list[str], arms: list[str] | None) -> list[Run]:
+    """The runs `run_ids` of the experiment in `folder` (open_run each), a run whose readable spec.json
+    contradicts the others or the plan made damaged: an arm not in `arms` (the plan's; None: unknown), or the
+    arm, seed and sweep point of another run (an edited or copied spec.json), which would pair or average two
+    runs as one; neither copy is trusted. `bnexp status` and the report both read runs through here."""
+    runs = [open_run(folder / run_id) for run_id in run_ids]
+    sharing: dict[str, list[str]] = {}  # a readable run's arm, seed and sweep point -> the runs with them
+    for run in runs:
+        if run.spec is not None and run._records[2] is None:  # spec and result read (a damaged history aside)
+            sharing.setdefault(_identity(run.spec), []).append(run.id)
+    return [Run(run.path, conflict) if (conflict := _conflict(run, arms, sharing)) else run for run in runs]
+
+
+def _identity(spec: SpecRecord) -> str:
+    return json.dumps([spec["arm"], spec["seed"], spec.get("point") or {}], sort_keys=True, default=str)
+
+
+def _conflict(run: Run, arms: list[str] | None, sharing: dict[str, list[str]]) -> str | None:
+    if run.spec is None or run._records[2] is not None:
+        return None
+    if arms is not None and run.spec["arm"] not in arms:
+        return f"{SPEC}: arm {run.spec['arm']!r} is not one of the experiment's arms ({', '.join(arms)})"
+    others = [other for other in sharing.get(_identity(run.spec), []) if other != run.id]
+    if others:
+        return f"{SPEC}: the same arm, seed and sweep point as run {', '.join(others)}"
+    return None
 
 
 def _reason(error: Exception) -> str:

@@ -203,3 +203,6 @@ def test_a_spec_that_contradicts_the_plan_is_damaged_in_the_report_not_tabled(wr
     assert dirs[1].name not in set(exp.runs.run_id) and set(exp.runs.arm) <= set(exp.arms) - {"zzz"}
     out = cli("report", "tiny", "--results", results)
     assert out.exit_code == 0, out.output
+    status = cli("status", "tiny", "--results", results)  # status says the same
+    row = next(line for line in status.output.splitlines() if line.startswith(dirs[1].name))
+    assert row.split(None, 2)[1:] == ["damaged", details[dirs[1].name]]

@@ -23,7 +23,7 @@ from bnexp.report.tables import report_tables
 from bnexp.report.values import chance_threshold, final_values, is_number, sort_key
 from bnexp.metrics import EPOCH_METRICS, EVAL_STATISTICS, VAL_ACCURACY, VAL_LOSS
 from bnexp.store import (ACTIVATION_STATISTICS, ACTIVATIONS, COMPLETED, DAMAGED, EXPERIMENT, PENDING, RESULT_FIELDS,
-                         SPEC, STATUS_TEXTS, RunFacts, norm_label, open_run, read_activations, read_experiment)
+                         SPEC, STATUS_TEXTS, RunFacts, norm_label, open_runs, read_activations, read_experiment)
 
 STEP_EVAL_COLUMNS = ["run_id", "step", VAL_LOSS, VAL_ACCURACY]
 ACTIVATION_COLUMNS = ["run_id", "step", "position", *ACTIVATION_STATISTICS]
@@ -145,16 +145,10 @@ def load_experiment(path: Path) -> Experiment:
     records, history_rows, step_rows, eval_rows, activation_rows, missing = [], [], [], [], [], []
     point_keys: list[str] = []
     planned_arms = [str(a) for a in meta["arms"]] if isinstance(meta.get("arms"), list) else None
-    opened = [open_run(run_dir) for run_dir in run_dirs]
-    sharing: dict[str, list[str]] = {}  # a readable run's arm, seed and sweep point -> the runs with them
-    for run in opened:
-        if run.recorded_status != DAMAGED:
-            sharing.setdefault(_identity(run.spec), []).append(run.id)
-    for run in opened:
-        damage = run.damage if run.recorded_status == DAMAGED else _contradiction(run, planned_arms, sharing)
-        if damage is not None:  # its spec or result cannot be read or trusted; a damaged history is a warning
+    for run in open_runs(path, [p.name for p in run_dirs], planned_arms):
+        if run.recorded_status == DAMAGED:  # spec or result unreadable or untrusted; a damaged history: a warning
             identity = {"arm": run.spec["arm"], "seed": run.spec["seed"]} if run.spec is not None else {}
-            missing.append({"run_id": run.id, **identity, "status": DAMAGED, "detail": damage})
+            missing.append({"run_id": run.id, **identity, "status": DAMAGED, "detail": run.damage})
             continue
         spec = run.spec
         point = spec.get("point") or {}
@@ -205,23 +199,6 @@ def load_experiment(path: Path) -> Experiment:
         warnings=warnings, step_evals=pd.DataFrame(eval_rows, columns=STEP_EVAL_COLUMNS),
         activations=pd.DataFrame(activation_rows, columns=ACTIVATION_COLUMNS),
     )
-
-
-def _identity(spec: dict) -> str:
-    return json.dumps([spec["arm"], spec["seed"], spec.get("point") or {}], sort_keys=True, default=str)
-
-
-def _contradiction(run, planned_arms: list[str] | None, sharing: dict[str, list[str]]) -> str | None:
-    """Why a readable run's spec.json cannot be tabled (None when it can): an arm the experiment does not
-    have, or the arm, seed and sweep point of another run (an edited or copied spec.json), which would pair
-    or average two runs as one; neither of those is trusted."""
-    spec = run.spec
-    if planned_arms is not None and spec["arm"] not in planned_arms:
-        return f"{SPEC}: arm {spec['arm']!r} is not one of the experiment's arms ({', '.join(planned_arms)})"
-    others = [other for other in sharing[_identity(spec)] if other != run.id]
-    if others:
-        return f"{SPEC}: the same arm, seed and sweep point as run {', '.join(others)}"
-    return None
 
 
 def _activation_rows(run_id: str, run_dir: Path, warnings: list[str]) -> list[tuple]:
