@@ -20,7 +20,8 @@ ERRORS = {(0.001, "no_bn"): [0.03, 0.05], (0.001, "bn"): [0.02, 0.03],
 def test_runs_and_history_have_one_row_per_run_and_per_epoch_with_pinned_columns(tmp_path):
     exp = bnexp.load_experiment(str(lr_sweep(tmp_path, ERRORS)))
     assert list(exp.runs.columns) == [
-        "run_id", "arm", "seed", LR, "status", "error", "num_classes", "norm", "builder", "precise_stats", "epochs_run",
+        "run_id", "arm", "seed", LR, "status", "error", "num_classes", "norm", "builder", "precise_stats",
+        "history_damaged", "epochs_run",
         "diverged_epoch", "test_loss", "test_accuracy", "test_error", "trainable_params", "non_trainable_params",
         "majority_share", "wall_seconds", "diverged_steps", "keras", "backend", "device", "point_id", "arm_order",
         "final_loss", "final_accuracy", "final_val_loss",

@@ -297,6 +297,23 @@ def test_with_unbalanced_classes_chance_is_the_majority_share(tmp_path):
     assert runs.stuck.to_dict() == {("no_bn", 0): True, ("bn", 0): False, ("no_bn", 1): True, ("bn", 1): False}
 
 
+def test_a_run_whose_history_is_damaged_is_not_called_stuck_at_chance(tmp_path):
+    """Its final validation accuracy is unknown; its test accuracy is not what the chance line was drawn for."""
+    writer = ExperimentWriter(tmp_path, "lost")
+    for seed in (0, 1):
+        writer.run("no_bn", seed, history=epochs([0.5, 0.9]), result={**completed(0.4), "num_classes": 2,
+                                                                      "majority_share": 0.6})
+        writer.run("bn", seed, history=epochs([0.5, 0.9]), result={**completed(0.4), "num_classes": 2,
+                                                                   "majority_share": 0.6})
+    path = writer.plan()
+    (path / "bn-s1" / "history.jsonl").write_text('{"epoch": 1, "loss": "x"}\n')
+    exp = report.load_experiment(path)
+    runs = exp.runs.set_index(["arm", "seed"])
+    assert runs.stuck.tolist() == [False] * 4 and math.isnan(runs.chance_threshold[("bn", 1)])
+    stability = tables.stability_table(exp.runs, [])
+    assert row(stability, arm="bn").chance_unknown == 1
+
+
 def test_the_majority_share_is_the_largest_class_share_of_the_labels():
     from bnexp.train import majority_share
 

@@ -157,7 +157,8 @@ def load_experiment(path: Path) -> Experiment:
         meta.setdefault("reference_arm", spec.get("reference_arm"))
         record = {"run_id": run.id, "arm": spec["arm"], "seed": spec["seed"],
                   **{f"point:{k}": _point_value(v) for k, v in point.items()},
-                  "status": run.recorded_status, "error": None, **_fact_columns(run.facts)}
+                  "status": run.recorded_status, "error": None, **_fact_columns(run.facts),
+                  "history_damaged": run.history_damaged}
         if run.result is not None:
             record.update(_result_fields(run.result))
         records.append(record)
@@ -241,8 +242,10 @@ def _add_final_values(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame
         runs[f"final_{metric}"] = final[metric].to_numpy() if metric in final else np.nan
     classes = pd.to_numeric(runs.num_classes, errors="coerce")
     majority = pd.to_numeric(runs.majority_share, errors="coerce").fillna(np.nan)
-    runs["chance_threshold"] = [chance_threshold(k, m) if k >= 2 else np.nan
-                                for k, m in zip(classes.fillna(0), majority)]
+    # A run whose history.jsonl is damaged has no final validation accuracy: its test accuracy is not the
+    # number the chance level was set for, so whether it is stuck is unknown, not guessed.
+    runs["chance_threshold"] = [chance_threshold(k, m) if k >= 2 and not damaged else np.nan
+                                for k, m, damaged in zip(classes.fillna(0), majority, runs.history_damaged)]
     accuracy = runs.final_val_accuracy.fillna(runs.test_accuracy)
     runs["stuck"] = (runs.status == COMPLETED) & (accuracy <= runs.chance_threshold)
     runs["trained"] = (runs.status == COMPLETED) & ~runs.stuck

@@ -344,7 +344,8 @@ def _stability_section(exp: Experiment) -> Section:
     unknown = int(raw.chance_unknown.sum()) if not raw.empty else 0
     if unknown:
         section.notes.append(f"{unknown} completed run(s) have no known number of classes (data.num_classes "
-                             "or a known dataset name); they were not checked for chance accuracy.")
+                             "or a known dataset name) or a damaged history.jsonl (no final validation accuracy); "
+                             "they were not checked for chance accuracy.")
     lr = tables.largest_lr_table(exp.runs, keys)
     if not lr.empty:
         others = [k for k in keys if k != tables.LEARNING_RATE_KEY]
