@@ -105,6 +105,10 @@ def _connect(tracking_uri: str):
     except ImportError:
         raise BnexpError("bnexp export mlflow needs MLflow: pip install 'bnexp[mlflow]'") from None
     scheme = urlparse(tracking_uri).scheme
+    if not tracking_uri.strip():
+        raise BnexpError("--tracking-uri: empty; give a folder (e.g. mlruns) or a tracking server (http://HOST:PORT)")
+    if scheme in ("http", "https") and not urlparse(tracking_uri).hostname:
+        raise BnexpError(f"--tracking-uri {tracking_uri}: no host; give http(s)://HOST:PORT")
     if scheme in ("", "file") or len(scheme) == 1:  # a folder (or a Windows drive letter)
         folder = Path(urlparse(tracking_uri).path if scheme == "file" else tracking_uri).resolve()
         if folder.exists() and not folder.is_dir():

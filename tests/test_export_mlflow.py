@@ -181,6 +181,8 @@ def test_the_cli_exports_a_trained_sweep(tmp_path, write_config, cli):
                         "http(s)://HOST:PORT, or a database (mssql, mysql, postgresql, sqlite)"),
     ("/proc/mlruns", None, "--tracking-uri /proc/mlruns: cannot use it as a folder store (No such file or directory); "
                            "give a folder bnexp can write, or a tracking server (http://HOST:PORT)"),
+    ("", None, "--tracking-uri: empty; give a folder (e.g. mlruns) or a tracking server (http://HOST:PORT)"),
+    ("http://", None, "--tracking-uri http://: no host; give http(s)://HOST:PORT"),
     ("{tmp}/m", "maybe", "MLFLOW_ALLOW_FILE_STORE=maybe: MLflow accepts true, false, 1 or 0; unset it to let bnexp "
                          "opt into the folder store"),
     ("{tmp}/m", "false", "--tracking-uri {tmp}/m: MLFLOW_ALLOW_FILE_STORE=false forbids MLflow's folder store; unset "
