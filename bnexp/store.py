@@ -319,6 +319,13 @@ def read_experiment(folder: Path) -> ExperimentRecord | None:
         return None
     record = read_object(path)
     _check_record_format(path, record)
+    for name in ("sweep_keys", "arms", "run_ids"):  # what status and the report plan by: text lists or damage
+        value = record.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+            raise ValueError(f"{name}: expected a list of names, got {value!r}")
+    arms, reference = record.get("arms"), record.get("reference_arm")
+    if arms is not None and reference is not None and reference not in arms:
+        raise ValueError(f"reference_arm: {reference!r} is not one of the arms ({', '.join(arms)})")
     return record
 
 
@@ -358,6 +365,11 @@ def read_result(run_dir: Path) -> ResultRecord | None:
     # A completed run is its test error; one without it (or test_accuracy, which older results kept) has no result.
     if result["status"] == COMPLETED and not any(_is_finite(result.get(key)) for key in ("test_error", "test_accuracy")):
         raise ValueError(f"test_error: expected a number for a completed run, got {result.get('test_error')!r}")
+    if result["status"] != COMPLETED and result.get("test_error") is not None:
+        raise ValueError(f"test_error: a {result['status']} run has no test metrics, got {result['test_error']!r}")
+    error, accuracy = result.get("test_error"), result.get("test_accuracy")
+    if error is not None and accuracy is not None and abs(error + accuracy - 1) > 1e-6:
+        raise ValueError(f"test_error {error!r} and test_accuracy {accuracy!r} contradict each other (they sum to 1)")
     statistics = result.get("eval_statistics")
     if statistics is not None:
         if not isinstance(statistics, dict):

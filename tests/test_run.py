@@ -88,6 +88,9 @@ def test_open_run_reads_the_files_once_into_one_status(write_config, tmp_path):
     ("result.json", '{"status": "completed", "test_error": 0.1, "eval_statistics": {"moving": {"test_error": 0.1}, '
                     '"precise": {"test_error": "0.1"}, "batch": {"test_error": 0.1}}}',
      "result.json: eval_statistics.precise.test_error: expected a fraction"),
+    ("result.json", '{"status": "completed", "test_error": 0.1, "test_accuracy": 0.45}',
+     "result.json: test_error 0.1 and test_accuracy 0.45 contradict each other"),
+    ("result.json", '{"status": "diverged", "test_error": 0.1}', "result.json: test_error: a diverged run has no test"),
     ("history.jsonl", '{"epoch": 1, "val_accuracy": "0.9"}', "history.jsonl: line 1: val_accuracy: expected a fraction"),
     ("history.jsonl", '{"epoch": 1, "step_losses": [[10, "x"]]}', "history.jsonl: line 1: step_losses: expected a number"),
 ])

@@ -1,6 +1,8 @@
 """`bnexp status`: every state of a sweep's runs, damaged files, the targets and the results format it
 shares with `bnexp report`, and one-line errors for what it cannot find."""
 
+import json
+
 import pytest
 
 import bnexp.store
@@ -110,3 +112,17 @@ def test_a_run_in_another_format_stops_the_report_as_it_stops_status(tmp_path):
         with pytest.raises(ResultsError, match=f"^{path / newer / 'spec.json'}: written in results format "
                                                f"{RESULTS_FORMAT + 1} "):
             command()
+
+
+@pytest.mark.parametrize("edit", [{"run_ids": [1, 2]}, {"reference_arm": "ghost"}, {"arms": "no_bn"}])
+def test_an_experiment_json_whose_plan_is_not_names_is_damaged_in_status_and_report(damaged, tmp_path, edit):
+    """run_ids that are not names, or a reference arm the plan lacks (the attack on issue 16): both commands
+    fall back to the run folders and say experiment.json is damaged."""
+    path, _ = damaged
+    plan = json.loads((path / "experiment.json").read_text())
+    (path / "experiment.json").write_text(json.dumps({**plan, **edit}))
+    out = cli("status", str(path))
+    assert out.output.strip().endswith("experiment.json is damaged, so only the run folders are listed"), out.output
+    exp = report.load_experiment(path)
+    assert exp.warnings[0].startswith("experiment.json damaged (") and len(exp.runs) + len(exp.missing) == 5
+    assert exp.reference_arm != "ghost"
