@@ -221,7 +221,8 @@ def test_duplicate_keys_inside_a_section_and_a_set(cli, tmp_path, tiny_npz):
 
 def test_a_key_may_override_a_yaml_merge(tmp_path, tiny_npz):
     config = tmp_path / "c.yaml"
-    config.write_text(f"data: {{dataset: npz, path: {tiny_npz}}}\ntrain:\n  <<: {{epochs: 3, batch_size: 8}}\n"
+    config.write_text(f"data: {{dataset: npz, path: {tiny_npz}}}\nmodel: {{dense: [8]}}\n"
+                      "train:\n  <<: {epochs: 3, batch_size: 8}\n"
                       "  epochs: 1\n")
     assert load_config(config).train == {"epochs": 1, "batch_size": 8}
 
