@@ -67,6 +67,7 @@ def builder_config(write_config, tmp_path):
     return write
 
 
+@pytest.mark.slow  # the shipped example network, trained
 def test_the_example_resnet_plans_with_its_audit_and_trains_one_epoch(cli, write_config, tmp_path):
     config = write_config({"model": {"builder": f"{EXAMPLE}:build", "args": {"width": 4, "stages": 2},
                                      "norm": {"groups": 2}, "batch_norm": {"precise_stats": 2}}, "arms": KIND_ARMS})

@@ -102,6 +102,7 @@ def process_results(tmp_path_factory, runs):
     return summary, epochs, stored(results_dir, runs)
 
 
+@pytest.mark.slow  # real worker processes and a local Ray: tens of seconds
 def test_worker_processes_store_the_sequential_results(runs, process_results, sequential_results):
     summary, epochs, in_workers = process_results
     assert summary.statuses == {"completed": 4}
@@ -110,6 +111,7 @@ def test_worker_processes_store_the_sequential_results(runs, process_results, se
     assert_close_runs(in_workers, sequential_results)
 
 
+@pytest.mark.slow  # real worker processes and a local Ray: tens of seconds
 def test_ray_tasks_store_the_sequential_results(tmp_path, runs, process_results, sequential_results):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
