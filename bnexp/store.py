@@ -415,9 +415,9 @@ def _is_finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_history(path: Path) -> list[HistoryRow]:
-    """The epoch records of a history.jsonl in file order ([] when there is none yet); ValueError
-    naming the line when one is not an epoch record."""
+def _read_jsonl(path: Path, check) -> list[dict]:
+    """The records of a .jsonl file in file order ([] when there is none yet); `check(row)` raises ValueError
+    for a record that is not one, and the error names the line."""
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -428,19 +428,26 @@ def read_history(path: Path) -> list[HistoryRow]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"line {number}: {error}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise ValueError(f"line {number}: not an epoch record")
-        try:
-            for name, kind in _HISTORY_VALUES.items():
-                _check_value(name, row.get(name), kind)
-            _check_pairs("step_losses", row.get("step_losses"), 2)
-            _check_pairs("step_evals", row.get("step_evals"), 3)
+            check(row)
         except ValueError as error:
             raise ValueError(f"line {number}: {error}") from None
         rows.append(row)
     return rows
+
+
+def read_history(path: Path) -> list[HistoryRow]:
+    """The epoch records of a history.jsonl in file order ([] when there is none yet); ValueError
+    naming the line when one is not an epoch record."""
+    return _read_jsonl(path, _check_epoch)
+
+
+def _check_epoch(row) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+        raise ValueError("not an epoch record")
+    for name, kind in _HISTORY_VALUES.items():
+        _check_value(name, row.get(name), kind)
+    _check_pairs("step_losses", row.get("step_losses"), 2)
+    _check_pairs("step_evals", row.get("step_evals"), 3)
 
 
 def _check_pairs(name: str, value, width: int) -> None:
@@ -462,22 +469,12 @@ def write_activations(path: Path, rows: list[ActivationRow]) -> None:
 def read_activations(path: Path) -> list[ActivationRow]:
     """The rows of an activations.jsonl in file order ([] when there is none); ValueError naming the line
     when one is not a row (a step and a mapping of positions)."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"line {number}: {error}") from None
-        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("positions"), dict)):
-            raise ValueError(f"line {number}: not an activation record (step and positions)")
-        rows.append(row)
-    return rows
+    return _read_jsonl(path, _check_activation_row)
+
+
+def _check_activation_row(row) -> None:
+    if not (isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("positions"), dict)):
+        raise ValueError("not an activation record (step and positions)")
 
 
 # Facts of runs whose spec.json predates `facts`, derived from their config as that bnexp did: the
