@@ -109,6 +109,18 @@ def test_parts_stored_at_different_scales_are_divided_each_by_its_own_under_unit
     np.testing.assert_array_equal(dataset.x_test, EIGHT_BIT[:4])
 
 
+@pytest.mark.parametrize("scaling", [None, "unit"])
+def test_float_parts_whose_guessed_scales_disagree_are_refused_by_unit(tmp_path, scaling):
+    """Floats 0..20 beside floats 0..1 would be divided by 255 and by 1 (the attack on issue 16)."""
+    train = (LEVELS % 21).astype(np.float32)
+    path = npz(tmp_path, train, x_test=LEVELS[:4].astype(np.float32) / np.float32(255))
+    key = "data.scaling: unit" if scaling else "data.scaling (unset, so unit)"
+    assert refusal(path, scaling) == (
+        f"{path}: x_train: {key} would divide x_train (floats up to 17) by 255 but x_test (floats up to 1) by 1: for "
+        "floats the full scale is a guess from their range, and these ranges disagree; store both parts at one "
+        "scale, or use data.scaling: standardize (or none to keep them as they are)")
+
+
 @pytest.mark.parametrize("scaling", ["standardize", "none"])
 def test_parts_stored_at_different_scales_are_refused_by_standardize_and_none(tmp_path, scaling):
     path = npz(tmp_path, LEVELS.astype(np.uint8), x_test=LEVELS[:4].astype(np.float32) / np.float32(255))

@@ -15,7 +15,8 @@ does not look like what a scaling assumes (DataError, one line; or a warning).
   none, with a warning when values pass 255 (such inputs train poorly).
 
 standardize and none give x_test x_train's scale, so an npz whose parts are stored at different full
-scales (uint8 and floats within [0, 1]) is refused with them; unit divides each part by its own.
+scales (uint8 and floats within [0, 1]) is refused with them; unit divides each part by its own, except
+float parts whose guessed full scales disagree (floats 0..20 beside floats 0..1), which it refuses.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def resolve(scaling: str | None, dataset: str, parts: list[Values]) -> tuple[str
     key = said(scaling, chosen)
     if chosen == "unit":
         # The built-in datasets' files are the published 8-bit ones: their full scale is known.
-        return chosen, [_unit_scale(part, key, checked=dataset in ("npz", "csv", "images")) for part in parts], []
+        scales = [_unit_scale(part, key, checked=dataset in ("npz", "csv", "images")) for part in parts]
+        _same_guess(parts, scales, key)
+        return chosen, scales, []
     first, *others = parts
     for other in others:
         scales = full_scale(first), full_scale(other)
@@ -81,6 +84,21 @@ def resolve(scaling: str | None, dataset: str, parts: list[Values]) -> tuple[str
         for part in parts if scaling is None and _largest(part) > 255
     ]
     return chosen, [1] * len(parts), warnings
+
+
+def _same_guess(parts: list[Values], scales: list[int], key: str) -> None:
+    """DataError when two float parts get different full scales: a float's scale is guessed from its range
+    (1 within [0, 1], else 255), so floats 0..20 beside floats 0..1 would be divided by 255 and by 1, a
+    silent 255-fold mismatch between the parts. A dtype's own scale (uint8 beside floats in [0, 1]) is known,
+    not guessed, and may differ."""
+    floats = [(part, scale) for part, scale in zip(parts, scales) if np.issubdtype(part.dtype, np.floating)]
+    for (first, a), (other, b) in zip(floats, floats[1:]):
+        if a != b:
+            raise DataError(
+                f"{first.where}: {key} would divide {_label(first)} (floats up to {_shown(first, first.high)}) by {a} "
+                f"but {_label(other)} (floats up to {_shown(other, other.high)}) by {b}: for floats the full scale is "
+                f"a guess from their range, and these ranges disagree; store both parts at one scale, or use "
+                f"data.scaling: standardize (or none to keep them as they are)")
 
 
 def said(scaling: str | None, chosen: str) -> str:
