@@ -23,6 +23,8 @@ BASE = DATA + "model: {preset: e2_mnist_cnn}\n"
          "model.dense are empty), so there is nothing for model.norm.kind batch to normalise and the arm would train "
          "the same network as one without normalisation; add a hidden layer (e.g. model.dense: [64]) or use "
          "model.norm.kind: none"),
+        (DATA + "model: {preset: e2_mnist_cnn, batch_norm: {momentum: 1.0}}\n", [],
+         "{f}: model.batch_norm.momentum: expected a number < 1, got 1.0"),
         (BASE + "train: {learning_rate: 1.0e+400}\n", [], "{f}: train.learning_rate: expected a finite number, got inf"),
         (BASE + "train: {learning_rate: .nan}\n", [], "{f}: train.learning_rate: expected a finite number, got nan"),
         (BASE + "train: {epochs: many}\n", [], "{f}: train.epochs: expected an integer, got 'many'"),

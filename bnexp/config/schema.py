@@ -134,7 +134,7 @@ class BatchNormConfig(Strict):
     placement: Literal["before_activation", "after_activation"] = "before_activation"
     after_pooling: bool = False  # E2 also normalises each pooled map
     axis: int = -1
-    momentum: float = Field(0.99, ge=0, le=1)
+    momentum: float = Field(0.99, ge=0, lt=1)  # 1 would never update the moving statistics evaluation uses
     epsilon: float = Field(0.001, gt=0)
     center: bool = True
     scale: bool = True
