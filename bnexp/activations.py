@@ -24,6 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from bnexp.callbacks import next_multiple
 from bnexp.errors import one_line
 from bnexp.store import ACTIVATION_STATISTICS, ActivationRow, write_activations
 
@@ -116,7 +117,7 @@ class ActivationLog(keras.callbacks.Callback):
             return
         self.names = [name for name, _ in found]
         step = int(self.model.optimizer.iterations)
-        self.next_step = (step // self.every + 1) * self.every
+        self.next_step = next_multiple(step, self.every)
         if step == 0:
             self.record(0)
 
@@ -133,7 +134,7 @@ class ActivationLog(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations)
         if step >= self.next_step:
             self.record(step)
-            self.next_step = (step // self.every + 1) * self.every
+            self.next_step = next_multiple(step, self.every)
 
     def on_epoch_end(self, epoch, logs=None):
         self.write()

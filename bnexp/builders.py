@@ -94,10 +94,10 @@ def locate(spec: str, config_file: Path) -> Builder:
     return Builder(spec, str(file), module, function, hashlib.sha256(file.read_bytes()).hexdigest(), str(config_file))
 
 
-def check(builder: Builder, model: ModelConfig, config_file: Path | str) -> None:
+def check(builder: Builder, model: ModelConfig) -> None:
     """ConfigError, one line, when the builder does not import, is not a function, or cannot be called with
     input_shape, num_classes, norm and model.args as keyword arguments."""
-    function = _load_as(builder, config_file)
+    function = builder.load()
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):  # a builtin without a signature: calling it will tell
@@ -106,21 +106,14 @@ def check(builder: Builder, model: ModelConfig, config_file: Path | str) -> None
         signature.bind(**dict.fromkeys(BUILDER_ARGUMENTS), **model.args)
     except TypeError as exc:
         given = ", ".join([*BUILDER_ARGUMENTS, *(f"{k}=..." for k in model.args)])
-        raise ConfigError(f"{config_file}: model.builder: {builder.spec}: {builder.function}{signature} cannot be "
+        raise ConfigError(f"{builder.where}: {builder.function}{signature} cannot be "
                           f"called as {builder.function}({given}) ({exc}); it must take input_shape, num_classes and "
                           f"norm, and a keyword for each model.args key") from None
 
 
-def _load_as(builder: Builder, config_file: Path | str) -> Callable:
-    try:
-        return builder.load()
-    except ConfigError as exc:
-        raise ConfigError(f"{config_file}: {exc}") from None
-
-
 @cache
 def _load(builder: Builder) -> Callable:
-    where = f"model.builder: {builder.spec}"
+    where = builder.where
     try:
         if builder.module is not None:
             module = importlib.import_module(builder.module)

@@ -24,6 +24,12 @@ from bnexp.metrics import ACCURACY, EPOCH_METRICS, LOSS, is_accuracy
 from bnexp.store import CHECKPOINT, HISTORY, HistoryRow, read_history, write_atomic, write_history
 
 
+def next_multiple(step: int, every: int) -> int:
+    """The first multiple of `every` after `step`: when a callback that acts every `every` optimizer steps acts
+    next (Keras calls back once per steps_per_execution steps, so at the first callback at or past it)."""
+    return (step // every + 1) * every
+
+
 class StepLossLog(keras.callbacks.Callback):
     """Samples the training loss every `every` optimizer steps, for steps-to-target analysis.
 
@@ -43,7 +49,7 @@ class StepLossLog(keras.callbacks.Callback):
         self.samples: list[list[float]] = []
         self.epoch_start = self.last_step = step
         self.last_total = 0.0  # sum of the batch losses of this epoch up to last_step
-        self.next_step = (step // self.every + 1) * self.every
+        self.next_step = next_multiple(step, self.every)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start(int(self.model.optimizer.iterations))
@@ -54,7 +60,7 @@ class StepLossLog(keras.callbacks.Callback):
             total = float(logs[LOSS]) * (step - self.epoch_start)
             self.samples.append([step, (total - self.last_total) / (step - self.last_step)])
             self.last_step, self.last_total = step, total
-            self.next_step = (step // self.every + 1) * self.every
+            self.next_step = next_multiple(step, self.every)
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
@@ -154,13 +160,13 @@ class StepEvals(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations)
         self.samples, self.epoch_end = [], step + self.params["steps"]
-        self.next_step = (step // self.every + 1) * self.every
+        self.next_step = next_multiple(step, self.every)
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
         if step < self.next_step:
             return
-        self.next_step = (step // self.every + 1) * self.every
+        self.next_step = next_multiple(step, self.every)
         if step >= self.epoch_end:
             return
         kept = [(v, v.numpy()) for v in self.model.metrics_variables]

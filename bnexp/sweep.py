@@ -111,7 +111,7 @@ def expand_runs(experiment: ExperimentConfig, source: str, data_dir: Path | None
             builders[config.model.builder] = builder
             args = (config.model.builder, json.dumps(config.model.args, sort_keys=True, default=str))
             if args not in checked_args:
-                check(builder, config.model, source)
+                check(builder, config.model)
                 checked_args.add(args)
         identity = run_id(arm, config, sha256, builder.sha256 if builder else None)
         runs.append(RunSpec(experiment.name, arm, experiment.reference_arm, tuple(experiment.arms), seed,
